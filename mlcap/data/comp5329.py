@@ -1,0 +1,277 @@
+"""Reader and pre-flight checks for the COMP5329 caption CSVs (``train.csv`` / ``test.csv``).
+
+The published files are *not* valid CSV: captions are wrapped in double quotes but contain unescaped inner
+quotes (sometimes with commas inside), span several physical lines (blank lines included) and contain
+slashes.  No CSV dialect describes them: pandas/csv either merge rows, split captions at inner quotes,
+eat characters with ``escapechar`` tricks, or drop rows with ``on_bad_lines``.  The record structure is
+nevertheless unambiguous line by line, so this module parses it by hand:
+
+* a record starts at a physical line ``<ImageID>.jpg,`` followed by (train) ``<labels>,"`` where labels are
+  space-separated integers, or (test) directly ``"``;
+* every following line that does not start a record belongs to the open record;
+* the caption is everything between the first ``"`` after that prefix and the *last* ``"`` of the record,
+  kept exactly as written (inner quotes, commas, slashes and newlines).
+
+Anything that does not fit raises :class:`DataFormatError` naming the file, the line and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["DataFormatError", "check_images", "check_labels", "read_captions_csv"]
+
+TRAIN_HEADER = "ImageID,Labels,Caption"
+TEST_HEADER = "ImageID,Caption"
+
+# Permissive on purpose: anything that looks like "<name>.jpg," starts a record, and the ImageID is then
+# validated, so a malformed ID raises instead of being silently glued onto the previous caption.
+_RECORD_START = re.compile(r'^(?P<image_id>[^",]+\.jpg),', re.IGNORECASE)
+_LABEL_TOKEN = re.compile(r"[0-9]+")
+_MAX_SHOWN = 5
+
+
+class DataFormatError(ValueError):
+    """Input data that cannot be used as is; the message names the file, the line and what to fix."""
+
+
+@dataclass
+class _Record:
+    image_id: str
+    line: int  # 1-based physical line where the record starts
+    labels: list[int] | None
+    lines: list[str] = field(default_factory=list)  # caption text after the opening quote, per line
+    last_line: int = 0
+
+
+def _where(path: Path | str, line: int) -> str:
+    return f"{path}, line {line}"
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Split on '\\n' only, so a lone '\\r' inside a caption stays; drop one trailing '\\r' per line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFormatError(
+            f"{_where(path, line)}: not valid UTF-8 ({exc.reason} at byte {exc.start}). "
+            "Re-save the file as UTF-8."
+        ) from exc
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline terminates the last line, it is not an empty extra line
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def _parse_labels(text: str, path: Path, line: int) -> list[int]:
+    if not text.strip():
+        raise DataFormatError(
+            f"{_where(path, line)}: empty Labels field. Every training row needs at least one label id, "
+            'written as space-separated integers, e.g. `12.jpg,1 19,"caption"`.'
+        )
+    tokens = text.split()
+    bad = [t for t in tokens if not _LABEL_TOKEN.fullmatch(t)]
+    if bad:
+        raise DataFormatError(
+            f"{_where(path, line)}: non-integer label(s) {bad!r} in Labels field {text!r}. "
+            "Labels must be space-separated non-negative integers."
+        )
+    return [int(t) for t in tokens]
+
+
+def _start_record(match: re.Match[str], raw: str, path: Path, line: int, has_labels: bool) -> _Record:
+    image_id = match["image_id"]
+    if re.search(r"[\s/\\]", image_id):
+        raise DataFormatError(
+            f"{_where(path, line)}: ImageID {image_id!r} must be a bare file name without whitespace or "
+            "path separators. Fix the ImageID column."
+        )
+    rest = raw[match.end() :]
+    labels: list[int] | None = None
+    if has_labels:
+        comma = rest.find(",")
+        if rest.startswith('"') or comma < 0 or '"' in rest[:comma]:
+            raise DataFormatError(
+                f'{_where(path, line)}: expected `<ImageID>,<labels>,"<caption>"` but the Labels field '
+                f'is missing or malformed. Write the labels as space-separated integers, e.g. `1 19,"...`.'
+            )
+        labels = _parse_labels(rest[:comma], path, line)
+        rest = rest[comma + 1 :]
+    if not rest.startswith('"'):
+        expected = '<ImageID>,<labels>,"<caption>"' if has_labels else '<ImageID>,"<caption>"'
+        raise DataFormatError(
+            f"{_where(path, line)}: the caption must start with a double quote (expected `{expected}`, "
+            f"got {raw[:60]!r}). Wrap the caption in double quotes."
+        )
+    return _Record(image_id=image_id, line=line, labels=labels, lines=[rest[1:]], last_line=line)
+
+
+def _finish_record(rec: _Record, path: Path) -> str:
+    # Completely empty physical lines after the closing quote (e.g. extra newlines at the end of the file)
+    # carry no data; blank lines *inside* a caption are kept because the closing quote comes after them.
+    lines = list(rec.lines)
+    last = rec.last_line
+    while len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+        last -= 1
+    body = "\n".join(lines)
+    if not body.endswith('"'):
+        span = f"line {rec.line}" if last == rec.line else f"lines {rec.line}-{last}"
+        raise DataFormatError(
+            f"{_where(path, rec.line)}: the record for {rec.image_id} ({span}) does not end with a double "
+            'quote. Close the caption with `"`, and check that the next row starts with `<ImageID>.jpg,` '
+            "at the beginning of a line."
+        )
+    return body[:-1]
+
+
+def read_captions_csv(path: str | Path) -> pd.DataFrame:
+    """Read a COMP5329 ``train.csv``/``test.csv`` exactly, without losing or merging any row.
+
+    Returns columns ``image_id``, ``labels`` (list of ints, only for files with a Labels column), ``caption``
+    and ``line`` (1-based physical line of the record start), in file order.
+    """
+    path = Path(path)
+    lines = _read_lines(path)
+    header = lines[0] if lines else ""
+    if header not in (TRAIN_HEADER, TEST_HEADER):
+        raise DataFormatError(
+            f"{_where(path, 1)}: unexpected header {header[:80]!r}. Expected {TRAIN_HEADER!r} "
+            f"(training file) or {TEST_HEADER!r} (test file)."
+        )
+    has_labels = header == TRAIN_HEADER
+
+    rows: dict[str, list] = {"image_id": [], "labels": [], "caption": [], "line": []}
+    seen: dict[str, int] = {}
+
+    def close(rec: _Record) -> None:
+        # Records are closed as soon as the next one starts, so errors come out in file order.
+        caption = _finish_record(rec, path)
+        rows["image_id"].append(rec.image_id)
+        rows["labels"].append(rec.labels)
+        rows["caption"].append(caption)
+        rows["line"].append(rec.line)
+
+    current: _Record | None = None
+    for lineno, raw in enumerate(lines[1:], start=2):
+        match = _RECORD_START.match(raw)
+        if match:
+            if current is not None:
+                close(current)
+            current = _start_record(match, raw, path, lineno, has_labels)
+            first = seen.setdefault(current.image_id, lineno)
+            if first != lineno:
+                raise DataFormatError(
+                    f"{_where(path, lineno)}: duplicate ImageID {current.image_id} (first seen at line "
+                    f"{first}). Each image must appear once; remove or merge the duplicate row."
+                )
+        elif current is None:
+            raise DataFormatError(
+                f"{_where(path, lineno)}: line {raw[:60]!r} comes before the first record and is not the "
+                "header. Remove it; rows must start with `<ImageID>.jpg,`."
+            )
+        else:
+            current.lines.append(raw)
+            current.last_line = lineno
+    if current is not None:
+        close(current)
+
+    columns = ["image_id", "labels", "caption", "line"] if has_labels else ["image_id", "caption", "line"]
+    df = pd.DataFrame({c: rows[c] for c in columns}, columns=columns)
+    df["line"] = df["line"].astype("int64")
+    df["image_id"] = df["image_id"].astype(object)
+    df["caption"] = df["caption"].astype(object)
+    return df
+
+
+def _row_refs(df: pd.DataFrame, positions: Sequence[int]) -> str:
+    """Describe rows as 'line N (id)' so the user can find them in the CSV (row index if no line column)."""
+    shown = []
+    for pos in positions[:_MAX_SHOWN]:
+        row = df.iloc[pos]
+        where = f"line {int(row['line'])}" if "line" in df.columns else f"row {pos}"
+        shown.append(f"{where} ({row['image_id']})")
+    more = len(positions) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def check_labels(df: pd.DataFrame, label_ids: Sequence[int], source: str | Path) -> None:
+    """Fail before training if any row uses a label id the model has no output for."""
+    if "labels" not in df.columns:
+        raise DataFormatError(f"{source}: has no Labels column, so its labels cannot be checked.")
+    allowed = sorted({int(i) for i in label_ids})
+    allowed_set = set(allowed)
+    bad_positions: list[int] = []
+    bad_ids: set[int] = set()
+    for pos, labels in enumerate(df["labels"]):
+        wrong = {int(label) for label in labels} - allowed_set
+        if wrong:
+            bad_positions.append(pos)
+            bad_ids |= wrong
+    if bad_positions:
+        raise DataFormatError(
+            f"{source}: {len(bad_positions)} row(s) use label id(s) {sorted(bad_ids)} that are not allowed: "
+            f"{_row_refs(df, bad_positions)}. Allowed ids: {allowed}. Fix those rows or the configured "
+            "label ids."
+        )
+
+
+def _probe_image(path: str) -> str | None:
+    """Return why ``path`` is unusable, or None; reads only the header so 30k files take seconds."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot stat: {exc}"
+    if size == 0:
+        return "empty file"
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - header parsed by open(); touching size makes the intent explicit
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return f"not a readable image: {exc}"
+    return None
+
+
+def check_images(df: pd.DataFrame, image_dir: str | Path, source: str | Path) -> None:
+    """Fail before training (not hours into it) on missing or unreadable images, reporting all at once."""
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(
+            f"Image directory {image_dir} (for {source}) does not exist or is not a directory. "
+            "Point the data root at the folder that contains data/<ImageID>."
+        )
+    missing: list[int] = []
+    unreadable: list[tuple[int, str]] = []
+    for pos, image_id in enumerate(df["image_id"]):
+        problem = _probe_image(os.path.join(image_dir, image_id))
+        if problem == "missing":
+            missing.append(pos)
+        elif problem is not None:
+            unreadable.append((pos, problem))
+
+    unreadable_msg = ""
+    if unreadable:
+        details = "; ".join(f"{df.iloc[pos]['image_id']}: {why}" for pos, why in unreadable[:_MAX_SHOWN])
+        unreadable_msg = (
+            f"{len(unreadable)} image(s) in {image_dir} listed in {source} cannot be opened: "
+            f"{_row_refs(df, [p for p, _ in unreadable])} [{details}]. Replace the corrupt files."
+        )
+    if missing:
+        msg = (
+            f"{len(missing)} image(s) listed in {source} are missing from {image_dir}: "
+            f"{_row_refs(df, missing)}. Copy the images into {image_dir} or fix the ImageID column."
+        )
+        raise FileNotFoundError(msg + (" Also: " + unreadable_msg if unreadable_msg else ""))
+    if unreadable:
+        raise DataFormatError(unreadable_msg)

@@ -1,0 +1,230 @@
+"""LightningDataModule for caption+image CSV data sets in the COMP5329 layout (the real one and the demo)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from platformdirs import user_cache_dir
+from torch.utils.data import DataLoader
+
+from mlcap.data.comp5329 import check_images, check_labels, read_captions_csv
+from mlcap.data.datasets import CaptionRows, image_transform
+from mlcap.data.demo import ensure_demo
+from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
+from mlcap.data.text import Vocabulary, preprocess_caption
+from mlcap.models.image_encoders import ImageEncoder, state_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(user_cache_dir("mlcap"))
+
+
+def multi_hot(label_lists: Sequence[Sequence[int]], label_ids: Sequence[int]) -> torch.Tensor:
+    index = {label: i for i, label in enumerate(label_ids)}
+    target = torch.zeros(len(label_lists), len(label_ids))
+    for row, labels in enumerate(label_lists):
+        target[row, [index[label] for label in labels]] = 1.0
+    return target
+
+
+def split_indices(rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded shuffle split; independent of the training seed so every run of a study sees the same rows."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(rows)
+    n_val = max(1, round(rows * val_fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class CaptionImageDataModule(pl.LightningDataModule):
+    """Reads, validates, splits and tokenises the data; serves images or cached frozen-backbone features.
+
+    Call `attach_image_encoder` before the dataloaders are built: a frozen encoder makes the module serve
+    cached features (computed once per image and view by `FeatureCache`), a trainable one raw images.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        label_ids: Sequence[int],
+        train_csv: str = "train.csv",
+        predict_csv: str = "test.csv",
+        image_dir: str = "data",
+        batch_size: int = 64,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        max_len: int = 32,
+        image_size: int = 224,
+        num_workers: int = 2,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        cache_views: int = 4,
+        extract_batch_size: int = 64,
+        vocab_min_freq: int = 1,
+        demo: dict[str, Any] | None = None,
+        vocab: Vocabulary | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.label_ids = list(label_ids)
+        self.train_csv = train_csv
+        self.predict_csv = predict_csv
+        self.image_dir = image_dir
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.max_len = max_len
+        self.image_size = image_size
+        self.num_workers = num_workers
+        self.use_cache = cache
+        self.cache = FeatureCache(cache_dir or default_cache_dir() / "features")
+        self.cache_views = cache_views
+        self.extract_batch_size = extract_batch_size
+        self.vocab_min_freq = vocab_min_freq
+        self.demo = dict(demo) if demo else None
+        self.vocab = vocab
+        self.encoder: ImageEncoder | None = None
+        self.tables: dict[str, pd.DataFrame] = {}
+        self._features: dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------- reading
+    def prepare_data(self) -> None:
+        if self.demo is not None:
+            ensure_demo(self.root, **self.demo)
+
+    def _csv_path(self, name: str) -> Path:
+        path = Path(name).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def _read(self, name: str, labelled: bool) -> pd.DataFrame:
+        path = self._csv_path(name)
+        if not path.exists():
+            hint = " (set data.root to the folder holding train.csv, test.csv and data/)"
+            raise FileNotFoundError(f"{path} does not exist{hint}")
+        table = read_captions_csv(path)
+        if labelled:
+            if "labels" not in table:
+                raise ValueError(f"{path} has no Labels column; training needs labelled rows")
+            check_labels(table, self.label_ids, path)
+        check_images(table, self.root / self.image_dir, path)
+        table["path"] = [self.root / self.image_dir / image_id for image_id in table["image_id"]]
+        table["tokens"] = [preprocess_caption(caption) for caption in table["caption"]]
+        return table
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and "train" not in self.tables:
+            table = self._read(self.train_csv, labelled=True)
+            train_idx, val_idx = split_indices(len(table), self.val_fraction, self.split_seed)
+            self.tables["train"] = table.iloc[train_idx].reset_index(drop=True)
+            self.tables["val"] = table.iloc[val_idx].reset_index(drop=True)
+            if self.vocab is None:
+                self.vocab = Vocabulary.build(self.tables["train"]["tokens"], min_freq=self.vocab_min_freq)
+            log.info(
+                "data: %d train / %d val rows from %s, vocabulary %d words",
+                len(self.tables["train"]),
+                len(self.tables["val"]),
+                self._csv_path(self.train_csv),
+                len(self.vocab),
+            )
+        if stage == "predict" and "predict" not in self.tables:
+            if self.vocab is None:
+                raise ValueError("predicting needs the training vocabulary (it is stored in the checkpoint)")
+            self.tables["predict"] = self._read(self.predict_csv, labelled=False)
+
+    @property
+    def train_token_lists(self) -> list[list[str]]:
+        """Preprocessed train-split captions, for training word vectors on train data only."""
+        return list(self.tables["train"]["tokens"])
+
+    # ---------------------------------------------------------------- features
+    def attach_image_encoder(self, encoder: ImageEncoder) -> None:
+        self.encoder = encoder
+
+    @property
+    def serves_features(self) -> bool:
+        return self.use_cache and self.encoder is not None and self.encoder.freeze
+
+    def _all_features(self, split: str) -> torch.Tensor:
+        """Features of a split, sliced from the cache of its whole CSV so train and val share one file."""
+        if split in self._features:
+            return self._features[split]
+        assert self.encoder is not None
+        source = "predict" if split == "predict" else "train"
+        tables = [self.tables[source]] if source == "predict" else [self.tables["train"], self.tables["val"]]
+        paths = [p for t in tables for p in t["path"]]
+        spec = ExtractionSpec(
+            encoder=self.encoder.name,
+            weights=f"{self.encoder.weights_id}:{state_fingerprint(self.encoder.backbone)}",
+            image_size=self.image_size,
+            mean=tuple(self.encoder.mean),
+            std=tuple(self.encoder.std),
+            views=self.cache_views,
+        )
+        # Sorted so the key does not depend on the split.
+        order = sorted(range(len(paths)), key=lambda i: str(paths[i]))
+        sorted_paths = [paths[i] for i in order]
+        device = next(self.encoder.backbone.parameters()).device
+        transform = image_transform(self.image_size, self.encoder.mean, self.encoder.std, train=False)
+        array = self.cache.load_or_create(
+            spec,
+            sorted_paths,
+            lambda: extract_features(
+                self.encoder.backbone,
+                sorted_paths,
+                transform,
+                views=self.cache_views,
+                batch_size=self.extract_batch_size,
+                num_workers=self.num_workers,
+                device=device,
+            ),
+        )
+        features = torch.empty((len(paths), *array.shape[1:]), dtype=torch.float16)
+        features[torch.tensor(order)] = torch.from_numpy(np.asarray(array))
+        if source == "predict":
+            self._features["predict"] = features
+        else:
+            n_train = len(self.tables["train"])
+            self._features["train"], self._features["val"] = features[:n_train], features[n_train:]
+        return self._features[split]
+
+    # ------------------------------------------------------------- dataloaders
+    def dataset(self, split: str, train: bool) -> CaptionRows:
+        table = self.tables[split]
+        assert self.vocab is not None
+        tokens, lengths = self.vocab.encode_batch(list(table["tokens"]), self.max_len)
+        labels = multi_hot(table["labels"], self.label_ids) if "labels" in table else None
+        if self.serves_features:
+            return CaptionRows(tokens, lengths, labels, features=self._all_features(split), random_view=train)
+        mean, std = (self.encoder.mean, self.encoder.std) if self.encoder else ((0.5,) * 3, (0.5,) * 3)
+        transform = image_transform(self.image_size, mean, std, train=train)
+        return CaptionRows(tokens, lengths, labels, image_paths=list(table["path"]), transform=transform)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.dataset(split, train)
+        workers = 0 if self.serves_features else self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            drop_last=train and len(dataset) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", train=False)

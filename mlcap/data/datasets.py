@@ -1,0 +1,89 @@
+"""Torch datasets over one table of rows: images (or cached features) + token ids + multi-hot labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+
+def image_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], train: bool
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Resize, the study's random horizontal/vertical flips when training, then the backbone's normalisation."""
+    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)]
+    if train:
+        steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode one image, naming the file when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise OSError(f"cannot read image {path}: {err}. Replace or remove the file and its CSV row.") from err
+
+
+class ImageFiles(Dataset):
+    """Just the images, for feature extraction."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(load_rgb(self.paths[index]))
+
+
+class CaptionRows(Dataset):
+    """Rows with either image files (decoded on the fly) or cached backbone features of several views.
+
+    `features` has shape [rows, views, dim]; with `random_view` each access draws one view (the cached form of
+    the flip augmentation), otherwise view 0 (the original image) is used.
+    """
+
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+        labels: torch.Tensor | None,
+        image_paths: Sequence[Path] | None = None,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        features: torch.Tensor | None = None,
+        random_view: bool = False,
+    ) -> None:
+        if (image_paths is None) == (features is None):
+            raise ValueError("give either image_paths (with a transform) or cached features")
+        self.tokens = tokens
+        self.lengths = lengths
+        self.labels = labels
+        self.image_paths = list(image_paths) if image_paths is not None else None
+        self.transform = transform
+        self.features = features
+        self.random_view = random_view
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item: dict[str, torch.Tensor] = {"tokens": self.tokens[index], "lengths": self.lengths[index]}
+        if self.features is not None:
+            views = self.features.shape[1]
+            view = int(torch.randint(views, ())) if self.random_view and views > 1 else 0
+            item["features"] = self.features[index, view]
+        else:
+            assert self.image_paths is not None and self.transform is not None
+            item["image"] = self.transform(load_rgb(self.image_paths[index]))
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item

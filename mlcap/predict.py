@@ -1,0 +1,92 @@
+"""Predict task: a checkpoint alone + a test CSV and its images -> a Kaggle submission (ImageID,Labels)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from mlcap.data.datamodule import CaptionImageDataModule, multi_hot
+from mlcap.data.text import Vocabulary
+from mlcap.metrics import decide_labels, samples_f1
+from mlcap.models.lit_module import MultiLabelClassifier, predict_probabilities
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(ckpt_path: str, search_root: str | Path = "outputs") -> Path:
+    """A checkpoint path, or `latest`: the newest best.ckpt under outputs/ (single runs)."""
+    if ckpt_path != "latest":
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist; pass ckpt_path=<run>/checkpoints/best.ckpt")
+        return path
+    found = sorted(Path(search_root).glob("**/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(
+            f"no checkpoints/best.ckpt under {Path(search_root).resolve()}; train first or pass ckpt_path=..."
+        )
+    return found[-1]
+
+
+def read_label_file(path: str | Path, label_ids: list[int]) -> pd.DataFrame:
+    """An `ImageID,Labels` file (a Kaggle solution or the demo's test_labels.csv), labels as int lists."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(table.columns[:2]) != ["ImageID", "Labels"]:
+        raise ValueError(f"{path}: expected header ImageID,Labels, got {','.join(table.columns)}")
+    table["labels"] = [[int(x) for x in labels.split()] for labels in table["Labels"]]
+    unknown = sorted({x for labels in table["labels"] for x in labels} - set(label_ids))
+    if unknown:
+        raise ValueError(f"{path}: unknown label ids {unknown}; the model knows {label_ids}")
+    return table
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Write the submission CSV (one row per input row, input order) and return where it went (+ F1 if scored)."""
+    ckpt = resolve_checkpoint(cfg.ckpt_path)
+    device = "cuda" if torch.cuda.is_available() and cfg.get("accelerator", "auto") != "cpu" else "cpu"
+    model = MultiLabelClassifier.load_from_checkpoint(ckpt, load_pretrained=False, map_location=device)
+    log.info("predicting with %s", ckpt)
+    data_cfg: dict[str, Any] = dict(model.hparams["preprocessing"])
+    if cfg.data.root is not None:
+        data_cfg["root"] = cfg.data.root
+        data_cfg["demo"] = None
+    data_cfg["predict_csv"] = cfg.data.csv
+    if cfg.data.image_dir is not None:
+        data_cfg["image_dir"] = cfg.data.image_dir
+    data_cfg["batch_size"] = cfg.batch_size
+    if cfg.get("cache") is not None:
+        data_cfg["cache"] = cfg.cache
+    datamodule: CaptionImageDataModule = hydra.utils.instantiate(
+        data_cfg, vocab=Vocabulary(model.hparams["vocab_tokens"])
+    )
+    datamodule.prepare_data()
+    datamodule.setup("predict")
+    datamodule.attach_image_encoder(model.net.image_encoder)
+    probs = predict_probabilities(model, datamodule.predict_dataloader())
+    preds = decide_labels(probs, model.threshold).bool().numpy()
+    label_ids = np.asarray(model.label_ids)
+    table = datamodule.tables["predict"]
+    submission = pd.DataFrame(
+        {"ImageID": table["image_id"], "Labels": [" ".join(map(str, label_ids[row])) for row in preds]}
+    )
+    output = Path(cfg.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    submission.to_csv(output, index=False)
+    log.info("wrote %d predictions to %s", len(submission), output)
+    result: dict[str, Any] = {"submission": str(output), "rows": len(submission), "checkpoint": str(ckpt)}
+    if cfg.get("labels_csv"):
+        truth = read_label_file(cfg.labels_csv, model.label_ids).set_index("ImageID")
+        missing = sorted(set(table["image_id"]) - set(truth.index))
+        if missing:
+            raise ValueError(f"{cfg.labels_csv} has no labels for {len(missing)} images, e.g. {missing[:3]}")
+        target = multi_hot(list(truth.loc[table["image_id"], "labels"]), model.label_ids)
+        result["samples_f1"] = float(samples_f1(torch.from_numpy(preds).int(), target.int()))
+        log.info("samples-F1 against %s: %.4f", cfg.labels_csv, result["samples_f1"])
+    return result

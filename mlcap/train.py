@@ -1,0 +1,148 @@
+"""Training task: compose data, word vectors, model and trainer from a Hydra config; return the run's metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from mlcap.data.datamodule import CaptionImageDataModule
+from mlcap.data.word_vectors import train_word_vectors
+from mlcap.metrics import classification_table, decide_labels
+from mlcap.models.fusion import inference_size_bytes
+from mlcap.models.lit_module import MultiLabelClassifier, predict_probabilities
+
+log = logging.getLogger(__name__)
+
+SIZE_LIMIT_MB = 100.0
+METRICS_FILE = "metrics.json"
+
+
+class EpochHistory(Callback):
+    """Keeps each epoch's logged scalars so metrics.json can report the losses of the best epoch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row = {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
+        self.epochs.append({"epoch": trainer.current_epoch, **row})
+
+
+def _checkpoint_callback(callbacks: list[Callback]) -> ModelCheckpoint:
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor:
+            return callback
+    raise ValueError("the callbacks config needs a ModelCheckpoint with a monitor (callbacks.model_checkpoint)")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one model; write checkpoint, TensorBoard logs, per-class table and metrics.json into the run folder."""
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule: CaptionImageDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    assert datamodule.vocab is not None
+    vectors = None
+    if cfg.model.caption:
+        vectors = train_word_vectors(
+            datamodule.train_token_lists, datamodule.vocab, cfg.model.word_vectors, cfg.model.word_dim, seed=cfg.seed
+        )
+    data_config = OmegaConf.to_container(cfg.data, resolve=True)
+    model: MultiLabelClassifier = hydra.utils.instantiate(
+        cfg.model,
+        _recursive_=False,
+        _convert_="all",
+        label_ids=list(datamodule.label_ids),
+        vocab_tokens=datamodule.vocab.tokens,
+        lr=cfg.lr,
+        threshold=cfg.threshold,
+        preprocessing=data_config,
+        embedding_init=vectors,
+    )
+    datamodule.attach_image_encoder(model.net.image_encoder)
+
+    callbacks: list[Callback] = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    history = EpochHistory()
+    callbacks.append(history)
+    checkpoint = _checkpoint_callback(callbacks)
+    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_seconds = time.perf_counter() - started
+    if not trainer.is_global_zero:
+        return {}
+
+    best_path = checkpoint.best_model_path or checkpoint.last_model_path
+    if best_path:
+        best = MultiLabelClassifier.load_from_checkpoint(best_path, load_pretrained=False, map_location="cpu")
+    else:  # fast_dev_run and friends save no checkpoint: report the weights in memory
+        best = model.cpu()
+    probs = predict_probabilities(best, datamodule.val_dataloader())
+    target = datamodule.dataset("val", train=False).labels
+    assert target is not None
+    preds = decide_labels(probs, best.threshold).int()
+    table = classification_table(preds.numpy(), target.int().numpy(), best.label_ids)
+    table.to_csv(output_dir / "per_class.csv", index_label="label")
+    (output_dir / "per_class.md").write_text(table.to_markdown(floatfmt=".3f") + "\n")
+
+    best_epoch = _best_epoch(history.epochs, checkpoint.monitor)
+    size_mb = inference_size_bytes(best.net) / 1e6
+    averages = {
+        f"val_{avg.split()[0]}_{metric}": float(table.loc[avg, metric])
+        for avg in ("micro avg", "macro avg", "weighted avg", "samples avg")
+        for metric in ("precision", "recall", "f1")
+    }
+    metrics: dict[str, Any] = {
+        "val_samples_f1": averages["val_samples_f1"],
+        **averages,
+        "val_loss": best_epoch.get("val/loss"),
+        "train_loss": best_epoch.get("train/loss"),
+        "best_epoch": best_epoch.get("epoch"),
+        "epochs": len(history.epochs),
+        "model_size_mb": round(size_mb, 3),
+        "under_100mb": size_mb <= SIZE_LIMIT_MB,
+        "parameters": sum(p.numel() for p in best.net.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "train_time_s": round(train_seconds, 2),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "checkpoint": str(best_path),
+        "history": history.epochs,
+    }
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            hparams = OmegaConf.to_container(cfg, resolve=True)
+            logger.log_hyperparams(hparams, {"hp/best_val_samples_f1": metrics["val_samples_f1"]})
+            logger.finalize("success")
+    log.info(
+        "val samples-F1 %.4f (epoch %s), model %.1f MB, %.0f s; results in %s",
+        metrics["val_samples_f1"],
+        metrics["best_epoch"],
+        size_mb,
+        metrics["wall_time_s"],
+        output_dir,
+    )
+    return metrics
+
+
+def _best_epoch(epochs: list[dict[str, float]], monitor: str | None) -> dict[str, float]:
+    scored = [e for e in epochs if monitor in e]
+    if not scored:
+        return {}
+    return scored[int(np.argmax([e[monitor] for e in scored]))]

@@ -1,0 +1,15 @@
+"""Write a Kaggle submission from a checkpoint: `python predict.py [ckpt_path=...] [data.root=...]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    from mlcap.predict import predict
+
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

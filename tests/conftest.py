@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny demo data made once per session, and configs composed the way train.py composes them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from mlcap.data.demo import ensure_demo
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SAMPLE = REPO.parent / "shared" / "data" / "comp5329-sample"
+TINY_DEMO = {"n_train": 240, "n_test": 40, "image_size": 32, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_demo(tmp_path_factory.mktemp("demo") / "tiny", **TINY_DEMO)
+
+
+def fast_overrides(demo_root: Path, cache_dir: Path) -> list[str]:
+    """Overrides that make a full training run take seconds: tiny data, small model, few epochs."""
+    return [
+        f"data.root={demo_root}",
+        f"data.demo.n_train={TINY_DEMO['n_train']}",
+        f"data.demo.n_test={TINY_DEMO['n_test']}",
+        f"data.demo.image_size={TINY_DEMO['image_size']}",
+        "data.image_size=32",
+        "data.batch_size=32",
+        "data.num_workers=0",
+        f"paths.cache_dir={cache_dir}",
+        "model.word_dim=16",
+        "model.hidden_dim=16",
+        "model.embed_dim=32",
+        "trainer.max_epochs=3",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+
+
+@pytest.fixture
+def compose_train(tiny_demo: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose conf/train.yaml with fast overrides plus the test's own; output goes to tmp_path/run."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=[*fast_overrides(tiny_demo, tmp_path / "cache"), *overrides])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+        return cfg
+
+    return _compose

@@ -1,0 +1,16 @@
+"""Train one model (or a sweep with -m): `python train.py [overrides]`. See README for the config keys."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from mlcap.train import train
+
+    metrics = train(cfg)
+    return metrics.get("val_samples_f1")
+
+
+if __name__ == "__main__":
+    main()
