@@ -6,10 +6,9 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from mlcap.train import train
+    from mlcap.train import run_job
 
-    metrics = train(cfg)
-    return metrics.get("val_samples_f1")
+    return run_job(cfg)
 
 
 if __name__ == "__main__":

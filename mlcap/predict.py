@@ -25,7 +25,9 @@ def resolve_checkpoint(ckpt_path: str, search_root: str | Path = "outputs") -> P
     if ckpt_path != "latest":
         path = Path(ckpt_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist; pass ckpt_path=<run>/checkpoints/best.ckpt")
+            raise FileNotFoundError(
+                f"checkpoint {path} does not exist; pass ckpt_path=<run>/checkpoints/best.ckpt"
+            )
         return path
     found = sorted(Path(search_root).glob("**/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SIZE_LIMIT_MB = 100.0
 METRICS_FILE = "metrics.json"
+FAILED_FILE = "failed.json"
 
 
 class EpochHistory(Callback):
@@ -43,13 +44,38 @@ def _checkpoint_callback(callbacks: list[Callback]) -> ModelCheckpoint:
     for callback in callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.monitor:
             return callback
-    raise ValueError("the callbacks config needs a ModelCheckpoint with a monitor (callbacks.model_checkpoint)")
+    raise ValueError(
+        "the callbacks config needs a ModelCheckpoint with a monitor (callbacks.model_checkpoint)"
+    )
+
+
+def finished_metrics(output_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a run that already finished in this folder (a re-run sweep skips it), else None."""
+    path = output_dir / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one model; write checkpoint, TensorBoard logs, per-class table and metrics.json into the run folder."""
+    """Train one model; write checkpoint, TensorBoard logs, per-class table and metrics.json into the run folder.
+
+    Re-running into the same folder (a sweep re-run with a fixed `hydra.sweep.dir`) skips a finished run and
+    resumes an interrupted one from its last checkpoint.
+    """
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
+    done = finished_metrics(output_dir)
+    if done is not None:
+        log.info(
+            "%s already holds a finished run (val samples-F1 %.4f): skipping",
+            output_dir,
+            done["val_samples_f1"],
+        )
+        return done
+    ckpt_path = cfg.get("ckpt_path")
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and last.is_file():
+        log.info("resuming the interrupted run in %s from %s", output_dir, last)
+        ckpt_path = str(last)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
@@ -61,7 +87,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     vectors = None
     if cfg.model.caption:
         vectors = train_word_vectors(
-            datamodule.train_token_lists, datamodule.vocab, cfg.model.word_vectors, cfg.model.word_dim, seed=cfg.seed
+            datamodule.train_token_lists,
+            datamodule.vocab,
+            cfg.model.word_vectors,
+            cfg.model.word_dim,
+            seed=cfg.seed,
         )
     data_config = OmegaConf.to_container(cfg.data, resolve=True)
     model: MultiLabelClassifier = hydra.utils.instantiate(
@@ -83,7 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = _checkpoint_callback(callbacks)
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}
@@ -146,3 +176,24 @@ def _best_epoch(epochs: list[dict[str, float]], monitor: str | None) -> dict[str
     if not scored:
         return {}
     return scored[int(np.argmax([e[monitor] for e in scored]))]
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """Hydra task: in a sweep a failing job is recorded in failed.json and the other jobs go on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        if not in_sweep:
+            raise
+        log.exception("job in %s failed", output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        failure = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        (output_dir / FAILED_FILE).write_text(json.dumps(failure, indent=2))
+        return None
+    (output_dir / FAILED_FILE).unlink(missing_ok=True)
+    return metrics.get("val_samples_f1")

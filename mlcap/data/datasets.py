@@ -28,7 +28,9 @@ def load_rgb(path: Path) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as err:
-        raise OSError(f"cannot read image {path}: {err}. Replace or remove the file and its CSV row.") from err
+        raise OSError(
+            f"cannot read image {path}: {err}. Replace or remove the file and its CSV row."
+        ) from err
 
 
 class ImageFiles(Dataset):

@@ -102,10 +102,17 @@ class FeatureCache:
                 return cached
             for stale in self.cache_dir.glob(path.name + ".tmp-*"):
                 stale.unlink(missing_ok=True)
-            log.info("feature cache miss: extracting %s features of %d images into %s", spec.encoder, len(paths), path)
+            log.info(
+                "feature cache miss: extracting %s features of %d images into %s",
+                spec.encoder,
+                len(paths),
+                path,
+            )
             features = np.asarray(extract(), dtype=np.float16)
             if features.shape[:2] != (len(paths), spec.views):
-                raise RuntimeError(f"extractor returned shape {features.shape}, expected ({len(paths)}, {spec.views}, D)")
+                raise RuntimeError(
+                    f"extractor returned shape {features.shape}, expected ({len(paths)}, {spec.views}, D)"
+                )
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             with open(tmp, "wb") as handle:
                 np.save(handle, features)

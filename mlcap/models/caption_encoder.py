@@ -70,7 +70,9 @@ class CaptionEncoder(nn.Module):
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
         outputs, hidden = self.rnn(packed)
         states, _ = pad_packed_sequence(outputs, batch_first=True, total_length=tokens.shape[1])
-        mask = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths.to(tokens.device)[:, None]
+        mask = (
+            torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths.to(tokens.device)[:, None]
+        )
         if self.attention is not None:
             pooled = self.attention(states, mask)
         elif self.pooling == "mean":

