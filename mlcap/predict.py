@@ -63,6 +63,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.image_dir is not None:
         data_cfg["image_dir"] = cfg.data.image_dir
     data_cfg["batch_size"] = cfg.batch_size
+    data_cfg["cache_views"] = 1  # prediction uses the original view only: a quarter of the extraction work
     if cfg.get("cache") is not None:
         data_cfg["cache"] = cfg.cache
     datamodule: CaptionImageDataModule = hydra.utils.instantiate(

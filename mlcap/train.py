@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -12,13 +13,15 @@ from typing import Any
 import hydra
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from mlcap.calibration import calibrate
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.word_vectors import train_word_vectors
-from mlcap.metrics import classification_table, decide_labels
+from mlcap.metrics import classification_table, decide_labels, samples_f1
 from mlcap.models.fusion import inference_size_bytes
 from mlcap.models.lit_module import MultiLabelClassifier, predict_probabilities
 
@@ -126,6 +129,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     probs = predict_probabilities(best, datamodule.val_dataloader())
     target = datamodule.dataset("val", train=False).labels
     assert target is not None
+    uncalibrated_f1 = float(samples_f1(decide_labels(probs, best.threshold).int(), target.int()))
+    mode = cfg.get("threshold_calibration", "none")
+    threshold, _ = calibrate(probs, target, mode)
+    if threshold is not None and best_path:
+        best.hparams["threshold"] = threshold
+        set_checkpoint_threshold(Path(best_path), threshold)
+        log.info("calibrated %s threshold on the validation split: %s", mode, threshold)
     preds = decide_labels(probs, best.threshold).int()
     table = classification_table(preds.numpy(), target.int().numpy(), best.label_ids)
     table.to_csv(output_dir / "per_class.csv", index_label="label")
@@ -141,6 +151,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "val_samples_f1": averages["val_samples_f1"],
         **averages,
+        "val_samples_f1_uncalibrated": uncalibrated_f1,
+        "threshold_calibration": mode,
+        "threshold": best.hparams["threshold"],
         "val_loss": best_epoch.get("val/loss"),
         "train_loss": best_epoch.get("train/loss"),
         "best_epoch": best_epoch.get("epoch"),
@@ -169,6 +182,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         output_dir,
     )
     return metrics
+
+
+def set_checkpoint_threshold(path: Path, threshold: float | list[float]) -> None:
+    """Store a calibrated threshold in a checkpoint, atomically: a crash never leaves a half-written file."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint["hyper_parameters"]["threshold"] = threshold
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
 
 
 def _best_epoch(epochs: list[dict[str, float]], monitor: str | None) -> dict[str, float]:

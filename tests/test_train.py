@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import CONF, REPO, TINY_DEMO, fast_overrides
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
@@ -38,6 +39,7 @@ def trained_run(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
         "trainer.max_epochs=25",
         "data.batch_size=16",
         "lr=3e-3",
+        "threshold_calibration=per_class",
     ]
     cfg = _compose("train", overrides, tmp / "run")
     return tmp / "run", train(cfg)
@@ -101,6 +103,14 @@ def test_predict_round_trip_from_checkpoint_alone(
         ids = [int(x) for x in labels.split()]
         assert ids and all(1 <= x <= 19 for x in ids), labels
     assert 0.0 < result["samples_f1"] <= 1.0
+
+
+def test_calibrated_thresholds_are_stored_in_the_checkpoint(trained_run: tuple[Path, dict]) -> None:
+    _, metrics = trained_run
+    assert isinstance(metrics["threshold"], list) and len(metrics["threshold"]) == 19
+    assert metrics["val_samples_f1"] >= metrics["val_samples_f1_uncalibrated"]
+    checkpoint = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["threshold"] == metrics["threshold"]
 
 
 @pytest.mark.parametrize(

@@ -185,6 +185,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
                 batch_size=self.extract_batch_size,
                 num_workers=self.num_workers,
                 device=device,
+                draft_size=self.image_size,
             ),
         )
         features = torch.empty((len(paths), *array.shape[1:]), dtype=torch.float16)
@@ -206,7 +207,14 @@ class CaptionImageDataModule(pl.LightningDataModule):
             return CaptionRows(tokens, lengths, labels, features=self._all_features(split), random_view=train)
         mean, std = (self.encoder.mean, self.encoder.std) if self.encoder else ((0.5,) * 3, (0.5,) * 3)
         transform = image_transform(self.image_size, mean, std, train=train)
-        return CaptionRows(tokens, lengths, labels, image_paths=list(table["path"]), transform=transform)
+        return CaptionRows(
+            tokens,
+            lengths,
+            labels,
+            image_paths=list(table["path"]),
+            transform=transform,
+            draft_size=self.image_size,
+        )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.dataset(split, train)

@@ -22,10 +22,16 @@ def image_transform(
     return v2.Compose(steps)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Decode one image, naming the file when it cannot be read."""
+def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
+    """Decode one image, naming the file when it cannot be read.
+
+    With `draft_size` a JPEG is decoded directly at the smallest 1/2, 1/4 or 1/8 scale still at least that
+    large (libjpeg's DCT scaling via PIL's `draft`): a COCO photo resized to 224 decodes about 3x faster.
+    """
     try:
         with Image.open(path) as image:
+            if draft_size is not None:
+                image.draft("RGB", (draft_size, draft_size))
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as err:
         raise OSError(
@@ -36,15 +42,21 @@ def load_rgb(path: Path) -> Image.Image:
 class ImageFiles(Dataset):
     """Just the images, for feature extraction."""
 
-    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        transform: Callable[[Image.Image], torch.Tensor],
+        draft_size: int | None = None,
+    ) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.draft_size = draft_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(load_rgb(self.paths[index]))
+        return self.transform(load_rgb(self.paths[index], self.draft_size))
 
 
 class CaptionRows(Dataset):
@@ -63,6 +75,7 @@ class CaptionRows(Dataset):
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         features: torch.Tensor | None = None,
         random_view: bool = False,
+        draft_size: int | None = None,
     ) -> None:
         if (image_paths is None) == (features is None):
             raise ValueError("give either image_paths (with a transform) or cached features")
@@ -73,6 +86,7 @@ class CaptionRows(Dataset):
         self.transform = transform
         self.features = features
         self.random_view = random_view
+        self.draft_size = draft_size
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -85,7 +99,7 @@ class CaptionRows(Dataset):
             item["features"] = self.features[index, view]
         else:
             assert self.image_paths is not None and self.transform is not None
-            item["image"] = self.transform(load_rgb(self.image_paths[index]))
+            item["image"] = self.transform(load_rgb(self.image_paths[index], self.draft_size))
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item

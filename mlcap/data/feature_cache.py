@@ -41,6 +41,7 @@ class ExtractionSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     views: int
+    decode: str = "pil-draft"
 
 
 def files_identity(paths: Sequence[Path]) -> str:
@@ -133,6 +134,7 @@ def extract_features(
     batch_size: int = 64,
     num_workers: int = 2,
     device: torch.device | str = "cpu",
+    draft_size: int | None = None,
 ) -> np.ndarray:
     """Pooled backbone features of every image under each flip view, as float16 [images, views, dim].
 
@@ -145,7 +147,7 @@ def extract_features(
     backbone.eval()
     backbone.to(device=device, memory_format=torch.channels_last)
     loader = DataLoader(
-        ImageFiles(paths, transform),
+        ImageFiles(paths, transform, draft_size),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
