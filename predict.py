@@ -3,6 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
+import mlcap  # noqa: F401  (sets OpenMP waiting policy before torch loads)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:

@@ -107,6 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         threshold=cfg.threshold,
         preprocessing=data_config,
         embedding_init=vectors,
+        pos_weight=positive_weights(datamodule) if cfg.model.get("loss") == "weighted_bce" else None,
     )
     datamodule.attach_image_encoder(model.net.image_encoder)
 
@@ -182,6 +183,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         output_dir,
     )
     return metrics
+
+
+def positive_weights(datamodule: CaptionImageDataModule, cap: float = 50.0) -> list[float]:
+    """negatives / positives per label on the train split (capped; labels never seen get the cap)."""
+    labels = datamodule.dataset("train", train=False).labels
+    assert labels is not None
+    positives = labels.sum(0)
+    weights = ((len(labels) - positives) / positives.clamp(min=1)).clamp(max=cap)
+    return [round(float(w), 4) for w in weights]
 
 
 def set_checkpoint_threshold(path: Path, threshold: float | list[float]) -> None:

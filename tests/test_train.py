@@ -123,6 +123,8 @@ def test_calibrated_thresholds_are_stored_in_the_checkpoint(trained_run: tuple[P
         ["model.word_vectors=word2vec_sg"],
         ["model.word_vectors=word2vec_cbow"],
         ["model.word_vectors=none"],
+        ["model.loss=asl"],
+        ["model.loss=weighted_bce", "threshold_calibration=global"],
         ["model/image_encoder=small_cnn"],  # trainable backbone: images decoded every step, no cache
     ],
     ids=lambda o: ",".join(o),

@@ -9,6 +9,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
@@ -26,6 +27,21 @@ def _metric_collection(num_labels: int, prefix: str) -> MetricCollection:
         metrics[f"{average}_precision"] = MultilabelPrecision(**kwargs)
         metrics[f"{average}_recall"] = MultilabelRecall(**kwargs)
     return MetricCollection(metrics, prefix=prefix)
+
+
+def build_loss(name: str, pos_weight: Sequence[float] | None = None) -> nn.Module:
+    """BCE (the study's), positive-weighted BCE, or the asymmetric loss (ASL, timm's implementation)."""
+    if name == "bce":
+        return nn.BCEWithLogitsLoss()
+    if name == "weighted_bce":
+        if pos_weight is None:
+            raise ValueError(
+                "model.loss=weighted_bce needs pos_weight (train.py computes it from the train split)"
+            )
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, dtype=torch.float32))
+    if name == "asl":
+        return AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=0, clip=0.05)
+    raise ValueError(f"model.loss must be bce, weighted_bce or asl, got {name!r}")
 
 
 class MultiLabelClassifier(pl.LightningModule):
@@ -54,6 +70,8 @@ class MultiLabelClassifier(pl.LightningModule):
         lr: float = 3e-4,
         weight_decay: float = 0.0,
         threshold: float | Sequence[float] = 0.5,
+        loss: str = "bce",
+        pos_weight: Sequence[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
         embedding_init: torch.Tensor | None = None,
         load_pretrained: bool = True,
@@ -90,7 +108,7 @@ class MultiLabelClassifier(pl.LightningModule):
             batch_norm=batch_norm,
             dropout=dropout,
         )
-        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.loss_fn = build_loss(loss, pos_weight)
         self.val_metrics = _metric_collection(len(self.label_ids), prefix="val/")
 
     @property
