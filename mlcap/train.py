@@ -42,6 +42,13 @@ class EpochHistory(Callback):
         row = {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
         self.epochs.append({"epoch": trainer.current_epoch, **row})
 
+    # Saved in checkpoints, so a resumed run still reports the epochs before the interruption.
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = list(state_dict["epochs"])
+
 
 def _checkpoint_callback(callbacks: list[Callback]) -> ModelCheckpoint:
     for callback in callbacks:

@@ -212,3 +212,17 @@ def test_two_point_multirun_in_subprocess(tiny_demo: Path, tmp_path: Path) -> No
         for r in runs
     }
     assert lrs == {0.001, 0.003}
+
+
+def test_rerun_skips_finished_and_resumes_interrupted(compose_train: Callable[..., DictConfig]) -> None:
+    cfg = compose_train("trainer.max_epochs=2")
+    first = train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    mtime = (run_dir / "metrics.json").stat().st_mtime_ns
+    assert train(cfg)["val_samples_f1"] == first["val_samples_f1"]  # finished: skipped
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == mtime
+    # Interrupted after its last checkpoint but before metrics.json: resumes and reports the whole history.
+    (run_dir / "metrics.json").unlink()
+    resumed = train(cfg)
+    assert resumed["epochs"] == 2 and resumed["train_loss"] is not None
+    assert resumed["val_samples_f1"] == pytest.approx(first["val_samples_f1"])

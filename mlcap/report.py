@@ -1,0 +1,608 @@
+"""Sweep report: `python -m mlcap.report <multirun folder>` (also written automatically when a sweep ends).
+
+Reads every job folder under the sweep folder (`.hydra/config.yaml`, `.hydra/overrides.yaml`, and
+`metrics.json` or `failed.json`; neither means unfinished), plus the sweeper's `sweep_plan.json` for jobs
+that never started or were refused. Writes into the sweep folder:
+
+* `report.md`: one row per distinct setting (the config keys that differ between jobs, seed excluded) with
+  train loss, val loss and val samples-F1 as mean ± std over seeds, the model size against the 100 MB limit
+  and the run time; for a one-at-a-time grid (sweep=table4) one table per varied key, each with the base
+  point; the best run's per-class table; failed and unfinished jobs;
+* `jobs.csv`, `settings.csv` (and `settings_<key>.csv` for a one-at-a-time grid), `best_per_class.csv`;
+* PNG plots of val samples-F1 against each varied key (error bars: std over seeds) and of the best run's
+  per-class precision/recall/F1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from mlcap.sweep import PLAN_FILE
+
+__all__ = [
+    "JobRecord",
+    "ReportCallback",
+    "jobs_frame",
+    "load_jobs",
+    "main",
+    "one_at_a_time_tables",
+    "settings_table",
+    "varied_keys",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+# Same limit as mlcap.train.SIZE_LIMIT_MB; not imported from there because that module pulls in torch.
+SIZE_LIMIT_MB = 100.0
+METRICS = ("train_loss", "val_loss", "val_samples_f1")
+METRIC_TITLES = {"train_loss": "train loss", "val_loss": "val loss", "val_samples_f1": "val samples-F1"}
+FINISHED, FAILED, UNFINISHED, NOT_STARTED, REFUSED = (
+    "finished",
+    "failed",
+    "unfinished",
+    "not started",
+    "refused",
+)
+_SEED_KEY = "seed"
+_ABSENT = "<absent>"
+
+
+@dataclass
+class JobRecord:
+    """One job of a sweep as found on disk (or only in the sweep plan)."""
+
+    name: str
+    status: str
+    overrides: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    path: Path | None = None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read it as JSON ({err}); fix or delete the file") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}; fix or delete the file")
+    return data
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as err:  # OmegaConf/yaml raise many types; name the file instead
+        raise ValueError(f"{path}: cannot read it as YAML ({err}); fix or delete the file") from err
+
+
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """Nested config -> {"model.hidden_dim": 128, ...}; lists become JSON text so values stay comparable."""
+    flat = pd.json_normalize(config, sep=".").iloc[0].to_dict() if config else {}
+    return {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in flat.items()}
+
+
+def _job_num(job_dir: Path) -> int | None:
+    hydra_yaml = job_dir / ".hydra" / "hydra.yaml"
+    if not hydra_yaml.is_file():
+        return None
+    hydra_cfg = _read_yaml(hydra_yaml)  # names the file if it is broken
+    if not isinstance(hydra_cfg, dict):
+        return None
+    num = OmegaConf.select(OmegaConf.create(hydra_cfg), "hydra.job.num", default=None)
+    return num if isinstance(num, int) else None
+
+
+def _load_job(job_dir: Path, sweep_dir: Path) -> JobRecord:
+    config = _read_yaml(job_dir / ".hydra" / "config.yaml")
+    if not isinstance(config, dict):
+        raise ValueError(f"{job_dir / '.hydra' / 'config.yaml'}: expected a mapping; fix or delete the file")
+    overrides_path = job_dir / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in _read_yaml(overrides_path) or []] if overrides_path.is_file() else []
+    record = JobRecord(
+        name=job_dir.relative_to(sweep_dir).as_posix() or ".",
+        status=UNFINISHED,
+        overrides=overrides,
+        config=_flatten(config),
+        path=job_dir,
+    )
+    if (job_dir / "metrics.json").is_file():
+        record.status = FINISHED
+        record.metrics = _read_json(job_dir / "metrics.json")
+    elif (job_dir / "failed.json").is_file():
+        record.status = FAILED
+        failure = _read_json(job_dir / "failed.json")
+        record.error = str(failure.get("error", "unknown error (no 'error' in failed.json)"))
+    else:
+        resumable = (job_dir / "checkpoints" / "last.ckpt").is_file()
+        checkpoint = "resumes from checkpoints/last.ckpt" if resumable else "no checkpoint yet"
+        record.error = f"interrupted or running; {checkpoint}"
+    return record
+
+
+def load_jobs(sweep_dir: str | Path) -> list[JobRecord]:
+    """Every job under `sweep_dir`, in sweep order; jobs only in the sweep plan are 'not started'/'refused'."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir} is not a folder; pass the sweep folder (e.g. multirun/table1)")
+    job_dirs = sorted({p.parent.parent for p in sweep_dir.glob("**/.hydra/config.yaml")})
+    jobs = {record.name: record for record in (_load_job(d, sweep_dir) for d in job_dirs)}
+    plan_path = sweep_dir / PLAN_FILE
+    plan = _read_json(plan_path).get("jobs") if plan_path.is_file() else []
+    if not isinstance(plan, list) or not all(
+        isinstance(e, dict) and {"name", "overrides"} <= e.keys() for e in plan
+    ):
+        raise ValueError(
+            f"{plan_path}: 'jobs' must be a list of {{name, overrides, status}} entries as the mlcap sweeper "
+            "writes them; delete the file to report only the job folders"
+        )
+    plan_order: dict[str, int] = {}
+    for i, entry in enumerate(plan):
+        plan_order.setdefault(entry["name"], i)
+    for entry in plan:
+        if entry.get("status") == "conflict":
+            jobs[f"{entry['name']} (refused)"] = JobRecord(
+                name=entry["name"], status=REFUSED, overrides=entry["overrides"], error=entry.get("error", "")
+            )
+        elif entry["name"] not in jobs:
+            jobs[entry["name"]] = JobRecord(
+                name=entry["name"], status=NOT_STARTED, overrides=entry["overrides"]
+            )
+    nums = {name: _job_num(r.path) if r.path else None for name, r in jobs.items()}
+
+    def order(name: str) -> tuple[float, float, str]:
+        record = jobs[name]
+        num = nums[name]
+        return (plan_order.get(record.name, float("inf")), float("inf") if num is None else num, name)
+
+    return [jobs[name] for name in sorted(jobs, key=order)]
+
+
+def varied_keys(jobs: Sequence[JobRecord]) -> list[str]:
+    """Config keys whose values differ between jobs (seed excluded: it is what the statistics run over)."""
+    configs = [j.config for j in jobs if j.config]
+    keys: dict[str, None] = {}
+    for config in configs:
+        keys.update(dict.fromkeys(config))
+    return [
+        key
+        for key in keys
+        if key != _SEED_KEY and len({json.dumps(c.get(key, _ABSENT), default=str) for c in configs}) > 1
+    ]
+
+
+def _setting_key(config: dict[str, Any], keys: Sequence[str]) -> str:
+    return json.dumps([config.get(k, _ABSENT) for k in keys], default=str)
+
+
+def jobs_frame(jobs: Sequence[JobRecord], keys: Sequence[str]) -> pd.DataFrame:
+    """One row per job: name, status, varied values, seed, metrics, error."""
+    rows = []
+    for job in jobs:
+        row: dict[str, Any] = {"job": job.name, "status": job.status}
+        row.update({k: job.config.get(k) for k in keys})
+        row["seed"] = job.config.get(_SEED_KEY)
+        for m in (*METRICS, "model_size_mb", "under_100mb", "wall_time_s", "epochs", "best_epoch"):
+            row[m] = job.metrics.get(m)
+        row["error"] = job.error
+        row["overrides"] = " ".join(job.overrides)
+        row["setting"] = _setting_key(job.config, keys) if job.config else None
+        rows.append(row)
+    frame = pd.DataFrame(rows, dtype=object)  # object: seeds and varied values keep their Python types
+    for m in (*METRICS, "model_size_mb", "wall_time_s"):
+        frame[m] = pd.to_numeric(frame[m], errors="coerce")
+    return frame
+
+
+def settings_table(jobs: Sequence[JobRecord], keys: Sequence[str]) -> pd.DataFrame:
+    """One row per distinct setting: varied values, n finished seeds, metric mean/std, size, time, problems.
+
+    std is the sample standard deviation over seeds (NaN when fewer than two finished).
+    """
+    frame = jobs_frame(jobs, keys)
+    frame = frame[frame["setting"].notna()]
+    rows = []
+    for setting, group in frame.groupby("setting", sort=False):
+        done = group[group["status"] == FINISHED]
+        row: dict[str, Any] = dict(zip(keys, json.loads(str(setting)), strict=True))
+        row["n"] = len(done)
+        row["seeds"] = " ".join(str(s) for s in done["seed"])
+        for m in METRICS:
+            row[f"{m}_mean"] = done[m].mean()
+            row[f"{m}_std"] = done[m].std()  # pandas: ddof=1, NaN for one value
+        row["model_size_mb"] = done["model_size_mb"].max()
+        row["over_size_limit"] = bool((done["model_size_mb"] > SIZE_LIMIT_MB).any())
+        row["wall_time_s_mean"] = done["wall_time_s"].mean()
+        row["failed"] = int((group["status"] == FAILED).sum())
+        row["unfinished"] = int(group["status"].isin([UNFINISHED]).sum())
+        row["jobs"] = " ".join(group["job"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _base_values(settings: pd.DataFrame, keys: Sequence[str]) -> dict[str, Any]:
+    """The grid's centre: per key the value most settings share (the base appears once per other axis)."""
+    base = {}
+    for key in keys:
+        counts = settings[key].map(lambda v: json.dumps(v, default=str)).value_counts(sort=True)
+        base[key] = json.loads(counts.index[0])
+    return base
+
+
+def _row_matches(row: pd.Series, values: dict[str, Any]) -> bool:
+    return all(json.dumps(row[k], default=str) == json.dumps(v, default=str) for k, v in values.items())
+
+
+def _sorted_by(table: pd.DataFrame, key: str) -> pd.DataFrame:
+    try:
+        return table.sort_values(key, kind="stable")
+    except TypeError:  # mixed types (e.g. null and numbers): keep sweep order
+        return table
+
+
+def one_at_a_time_tables(settings: pd.DataFrame, keys: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Per varied key, the settings that differ from the base in that key only (base row included)."""
+    base = _base_values(settings, keys)
+    tables = {}
+    for key in keys:
+        others = {k: v for k, v in base.items() if k != key}
+        table = settings[settings.apply(lambda row, o=others: _row_matches(row, o), axis=1)].copy()
+        table.insert(len(keys), "base", table[key].map(lambda v, b=base[key]: _same_value(v, b)))
+        tables[key] = _sorted_by(table, key).reset_index(drop=True)
+    return tables
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return json.dumps(a, default=str) == json.dumps(b, default=str)
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def _mean_std(mean: float, std: float, n: int) -> str:
+    if n == 0 or pd.isna(mean):
+        return "—"
+    return f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    if pd.isna(seconds):
+        return "—"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _size(mb: float, over: bool) -> str:
+    if pd.isna(mb):
+        return "—"
+    return f"{mb:.1f} ⚠ over {SIZE_LIMIT_MB:.0f} MB" if over else f"{mb:.1f}"
+
+
+def _display(table: pd.DataFrame, keys: Sequence[str], best_f1: float | None) -> pd.DataFrame:
+    """Settings rows as Markdown-ready text; the best mean val samples-F1 in bold."""
+    shown = pd.DataFrame({k: table[k].map(_value_text) for k in keys})
+    if "base" in table:
+        shown["base"] = table["base"].map(lambda b: "✓" if b else "")
+    counts = []
+    for _, row in table.iterrows():
+        extra = [f"{row[s]} {s}" for s in ("failed", "unfinished") if row[s]]
+        counts.append(f"{row['n']}" + (f" (+{', '.join(extra)})" if extra else ""))
+    shown["n"] = counts
+    for m in METRICS:
+        shown[METRIC_TITLES[m]] = [
+            _mean_std(r[f"{m}_mean"], r[f"{m}_std"], r["n"]) for _, r in table.iterrows()
+        ]
+    if best_f1 is not None:
+        is_best = table["val_samples_f1_mean"] == best_f1
+        col = METRIC_TITLES["val_samples_f1"]
+        shown.loc[is_best, col] = shown.loc[is_best, col].map(lambda t: f"**{t}**")
+    shown[f"size MB (limit {SIZE_LIMIT_MB:.0f})"] = [
+        _size(r["model_size_mb"], r["over_size_limit"]) for _, r in table.iterrows()
+    ]
+    shown["run time"] = table["wall_time_s_mean"].map(_duration)
+    return shown
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def _slug(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def _is_numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+def _plot_f1(table: pd.DataFrame, key: str | None, keys: Sequence[str], path: Path) -> Path | None:
+    """val samples-F1 (mean, std error bars) against one key, or per setting when several keys vary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = table[table["n"] > 0]
+    if done.empty:
+        return None
+    mean, err = done["val_samples_f1_mean"], done["val_samples_f1_std"].fillna(0.0)
+    title = "val samples-F1 (mean ± std over seeds)"
+    if key is not None and _is_numeric(list(done[key])):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ordered = done.sort_values(key)
+        x = ordered[key].astype(float)
+        ax.errorbar(x, ordered["val_samples_f1_mean"], yerr=err[ordered.index], marker="o", capsize=4)
+        if (x > 0).all() and x.max() / x.min() >= 10:
+            ax.set_xscale("log")
+        ax.set_xticks(list(x), [_value_text(v) for v in ordered[key]])
+        ax.minorticks_off()
+        ax.set_xlabel(key)
+        ax.set_ylabel(title)
+    else:  # categorical values or whole settings: horizontal bars leave room for long labels
+        shown_keys = [key] if key is not None else list(keys)
+        labels = [", ".join(f"{k}={_value_text(row[k])}" for k in shown_keys) for _, row in done.iterrows()]
+        fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(done)))
+        ax.barh(range(len(done)), mean, xerr=err, capsize=4, color="tab:blue")
+        ax.set_yticks(range(len(done)), labels, fontsize=8)
+        ax.invert_yaxis()  # first setting on top, as in the tables
+        ax.set_xlabel(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_per_class(per_class: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = per_class[~per_class.index.astype(str).str.contains("avg")]
+    ax = classes[["precision", "recall", "f1"]].plot.bar(figsize=(9, 4), width=0.8)
+    ax.set_xlabel("label")
+    ax.set_ylim(0, 1.15)
+    ax.legend(ncols=3, loc="upper center")
+    ax.set_title("best run: per-class precision / recall / F1 (validation split)")
+    ax.grid(alpha=0.3, axis="y")
+    fig = ax.get_figure()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- report
+def _plan_axes(sweep_dir: Path) -> list[str]:
+    """The one-at-a-time axes the sweeper planned (empty for point lists and plain multiruns)."""
+    plan_path = sweep_dir / PLAN_FILE
+    return [str(a) for a in _read_json(plan_path).get("axes") or []] if plan_path.is_file() else []
+
+
+def _common_overrides(jobs: Sequence[JobRecord]) -> list[str]:
+    with_overrides = [j.overrides for j in jobs if j.overrides]
+    if not with_overrides:
+        return []
+    return [o for o in with_overrides[0] if all(o in other for other in with_overrides[1:])]
+
+
+def write_report(sweep_dir: str | Path, layout: str = "auto") -> Path:
+    """Write report.md, CSVs and PNGs into `sweep_dir`; return the report path.
+
+    layout: "flat" (one table), "one-at-a-time" (one table per varied key) or "auto" (one-at-a-time when the
+    sweep was planned with axes, e.g. sweep=table4).
+    """
+    if layout not in ("auto", "flat", "one-at-a-time"):
+        raise ValueError(f"layout must be auto, flat or one-at-a-time, got {layout!r}")
+    sweep_dir = Path(sweep_dir)
+    jobs = load_jobs(sweep_dir)
+    if not jobs:
+        raise FileNotFoundError(
+            f"{sweep_dir} holds no job folders (no */.hydra/config.yaml); pass the folder of a multirun, "
+            "e.g. multirun/table1"
+        )
+    axes = _plan_axes(sweep_dir)
+    keys = varied_keys(jobs)
+    keys = [k for k in axes if k in keys] + [k for k in keys if k not in axes]  # the sweep's axis order
+    frame = jobs_frame(jobs, keys)
+    frame.drop(columns=["setting"]).to_csv(sweep_dir / "jobs.csv", index=False)
+    settings = settings_table(jobs, keys)
+    if not settings.empty:
+        settings.to_csv(sweep_dir / "settings.csv", index=False)
+    finished = settings[settings["n"] > 0] if not settings.empty else settings
+    best_f1 = float(finished["val_samples_f1_mean"].max()) if not finished.empty else None
+    oat = layout == "one-at-a-time" or (layout == "auto" and bool(axes))
+
+    counts = frame["status"].value_counts()
+    status_text = ", ".join(
+        f"{counts[s]} {s}" for s in (FINISHED, FAILED, UNFINISHED, NOT_STARTED, REFUSED) if s in counts
+    )
+    seeds = sorted({str(s) for s in frame["seed"].dropna()})
+    common = _common_overrides(jobs)
+    lines = [
+        f"# Sweep report: `{sweep_dir}`",
+        "",
+        f"{len(jobs)} jobs: {status_text}. Varied keys: {', '.join(f'`{k}`' for k in keys) or 'none'}; "
+        f"seeds: {', '.join(seeds) or '—'}.",
+        "",
+        f"Overrides common to all jobs: `{' '.join(common) or '(none)'}`.",
+        "",
+        "Metrics are mean ± sample std over the finished seeds of each setting (n); losses and F1 are those "
+        "of the best epoch (highest val samples-F1). Size is the model's inference size against the "
+        f"{SIZE_LIMIT_MB:.0f} MB limit; run time is the mean wall time per job.",
+        "",
+    ]
+    plots: list[Path] = []
+    if settings.empty:
+        lines += ["No job has a saved config yet.", ""]
+    elif oat and keys:
+        base = _base_values(settings, keys)
+        lines += [
+            "## Results, one key at a time",
+            "",
+            "Each table varies one key; the others keep the base point's values (✓ = base point: "
+            + ", ".join(f"`{k}={_value_text(v)}`" for k, v in base.items())
+            + ").",
+            "",
+        ]
+        for key, table in one_at_a_time_tables(settings, keys).items():
+            table.to_csv(sweep_dir / f"settings_{_slug(key)}.csv", index=False)
+            lines += [f"### `{key}`", "", _markdown(_display(table, [key], best_f1))]
+            plot = _plot_f1(table, key, [key], sweep_dir / f"val_samples_f1_by_{_slug(key)}.png")
+            plots += [plot] if plot else []
+    else:
+        lines += ["## Results", "", _markdown(_display(settings, keys, best_f1))]
+        if len(keys) == 1:
+            plot = _plot_f1(settings, keys[0], keys, sweep_dir / f"val_samples_f1_by_{_slug(keys[0])}.png")
+        else:
+            plot = _plot_f1(settings, None, keys, sweep_dir / "val_samples_f1_by_setting.png")
+        plots += [plot] if plot else []
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+
+    lines += _best_run_section(jobs, sweep_dir, common)
+    lines += _problem_section(jobs, common)
+    report = sweep_dir / "report.md"
+    report.write_text("\n".join(lines).rstrip() + "\n")
+    return report
+
+
+def _own_overrides(job: JobRecord, common: Sequence[str]) -> str:
+    return " ".join(o for o in job.overrides if o not in common) or "(only the common ones)"
+
+
+def _best_run_section(jobs: Sequence[JobRecord], sweep_dir: Path, common: Sequence[str]) -> list[str]:
+    done = [j for j in jobs if j.status == FINISHED and j.metrics.get("val_samples_f1") is not None]
+    if not done:
+        return ["## Best run", "", "No finished job yet.", ""]
+    best = max(done, key=lambda j: float(j.metrics["val_samples_f1"]))
+    lines = [
+        "## Best run",
+        "",
+        f"`{best.name}`: val samples-F1 {float(best.metrics['val_samples_f1']):.4f}, "
+        f"overrides besides the common ones: `{_own_overrides(best, common)}`.",
+        "",
+    ]
+    assert best.path is not None
+    per_class_path = best.path / "per_class.csv"
+    if not per_class_path.is_file():
+        return lines + [f"(no per_class.csv in {best.path})", ""]
+    per_class = pd.read_csv(per_class_path, index_col=0)
+    missing = {"precision", "recall", "f1", "support"} - set(per_class.columns)
+    if missing:
+        raise ValueError(f"{per_class_path}: missing column(s) {sorted(missing)}; re-run that job's training")
+    shutil.copyfile(per_class_path, sweep_dir / "best_per_class.csv")
+    plot = _plot_per_class(per_class, sweep_dir / "best_per_class.png")
+    lines += [
+        "Per-class precision / recall / F1 on the validation split (`best_per_class.csv`):",
+        "",
+        per_class[["precision", "recall", "f1", "support"]].to_markdown(
+            floatfmt=("", ".3f", ".3f", ".3f", ".0f")
+        )
+        + "\n",
+        f"![best run per class]({plot.name})",
+        "",
+    ]
+    return lines
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """An error message on one table row: whitespace collapsed, cut at `limit` characters."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _problem_section(jobs: Sequence[JobRecord], common: Sequence[str]) -> list[str]:
+    lines = []
+    for title, statuses in (
+        ("Failed jobs", (FAILED,)),
+        ("Unfinished jobs (re-run the same command to resume them)", (UNFINISHED, NOT_STARTED)),
+        ("Refused jobs (the folder holds a run with other overrides)", (REFUSED,)),
+    ):
+        rows = [
+            {
+                "job": j.name,
+                "status": j.status,
+                "overrides": _own_overrides(j, common),
+                "reason": _one_line(j.error),
+            }
+            for j in jobs
+            if j.status in statuses
+        ]
+        if rows:
+            lines += [f"## {title}", "", _markdown(pd.DataFrame(rows))]
+    return lines
+
+
+class ReportCallback(Callback):
+    """Hydra callback (hydra.callbacks.report) that writes the sweep's report when a multirun ends."""
+
+    def __init__(self, layout: str = "auto") -> None:
+        self.layout = layout
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        log.warning(
+            "a sweep config (sweep=...) only takes effect with -m: this runs a single job with the base "
+            "config. Use `python train.py -m sweep=...`."
+        )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            report = write_report(sweep_dir, layout=self.layout)
+        except Exception:
+            log.exception("could not write the sweep report; run `python -m mlcap.report %s`", sweep_dir)
+            raise
+        jobs = load_jobs(sweep_dir)
+        problems = [j for j in jobs if j.status != FINISHED]
+        log.info("sweep report: %s", report)
+        if problems:
+            log.warning(
+                "%d of %d jobs did not finish: %s",
+                len(problems),
+                len(jobs),
+                ", ".join(f"{j.name} ({j.status})" for j in problems),
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlcap.report", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="the multirun folder, e.g. multirun/table1")
+    parser.add_argument(
+        "--layout",
+        choices=("auto", "flat", "one-at-a-time"),
+        default="auto",
+        help="one table, one table per varied key, or decide from the sweep plan (default)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.sweep_dir, layout=args.layout)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

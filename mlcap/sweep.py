@@ -1,0 +1,266 @@
+"""Sweep expansion for the study's tables: explicit points and one-at-a-time axes, times command-line lists.
+
+Hydra's BasicSweeper only builds cartesian products, but the study's tables are lists of settings (Table 1)
+and one-at-a-time grids around the best model (Table 4). The expansion lives here as pure functions so it
+can be tested without running Hydra; `hydra_plugins.mlcap_sweeper.MlcapSweeper` wires it into Hydra, names
+each job's folder after its settings (so re-running a sweep finds its jobs again) and refuses to reuse a
+folder that holds a run with other overrides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from omegaconf import OmegaConf
+
+__all__ = [
+    "PLAN_FILE",
+    "SweepJob",
+    "bare_key",
+    "check_job_dirs",
+    "command_line_lists",
+    "expand_sweep",
+    "format_value",
+    "is_finished",
+    "job_name",
+    "one_at_a_time",
+    "sweep_points",
+    "write_plan",
+]
+
+PLAN_FILE = "sweep_plan.json"
+# Same name as mlcap.train.METRICS_FILE (not imported: that module pulls in torch).
+METRICS_FILE = "metrics.json"
+BASE_NAME = "base"
+_MAX_NAME = 120
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.,=+-]")
+_MISSING = object()
+
+# One command-line override key with its alternatives, e.g. ("seed", ["seed=0", "seed=1"]).
+CliList = tuple[str, list[str]]
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One job of a sweep: the task overrides it runs with and the folder name (under hydra.sweep.dir)."""
+
+    name: str
+    overrides: list[str] = field(default_factory=list)
+
+
+def bare_key(key: str) -> str:
+    """`+model.x@pkg` -> `model.x`: the key two overrides must share to set the same thing."""
+    return key.lstrip("+~").split("@", 1)[0]
+
+
+def format_value(key: str, value: Any) -> str:
+    """A point's value as Hydra override text that parses back to the same value (quoted only if needed)."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"sweep point {key}={value!r}: only finite numbers can be swept")
+        text = repr(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise ValueError(
+            f"sweep point {key}={value!r}: values must be numbers, strings, booleans or null "
+            f"(got {type(value).__name__}); write lists and mappings as separate keys"
+        )
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_override(f"{key}={text}")
+        same = not parsed.is_sweep_override() and parsed.value() == value
+    except Exception:  # any parse failure means the text needs quoting
+        same = False
+    if same or not isinstance(value, str):
+        return text
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as config values: 3e-4 == 0.0003 and 64 == 64.0, but True is not 1."""
+    if a is _MISSING or b is _MISSING or isinstance(a, bool) != isinstance(b, bool):
+        return False
+    return bool(a == b)
+
+
+def one_at_a_time(axes: Mapping[str, Sequence[Any]], base: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The base point ({}) and, per axis, each value that differs from the base: every distinct point once.
+
+    `base` holds the composed config's value of each axis key (absent keys count as different), so the base
+    model is run once however many axes list its value.
+    """
+    points: list[dict[str, Any]] = [{}]
+    for key, values in axes.items():
+        if isinstance(values, str) or not isinstance(values, Sequence):
+            raise ValueError(f"sweep axis {key!r} must be a list of values, got {values!r}")
+        seen: list[Any] = []
+        for value in values:
+            if _same(value, base.get(key, _MISSING)) or any(_same(value, s) for s in seen):
+                continue
+            seen.append(value)
+            points.append({key: value})
+    return points
+
+
+def sweep_points(
+    points: Sequence[Mapping[str, Any]] | None,
+    axes: Mapping[str, Sequence[Any]] | None,
+    base: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """One-at-a-time points (if axes) then explicit points, duplicates dropped; [{}] when neither is given."""
+    result: list[dict[str, Any]] = one_at_a_time(axes, base or {}) if axes else []
+    for point in points or []:
+        if not isinstance(point, Mapping):
+            raise ValueError(f"sweep point {point!r} must be a mapping of override key -> value")
+        candidate = dict(point)
+        if not any(_points_equal(candidate, p) for p in result):
+            result.append(candidate)
+    return result or [{}]
+
+
+def _points_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+
+
+def command_line_lists(overrides: Iterable[Override]) -> list[CliList]:
+    """Parsed command-line overrides -> (key, alternatives); a later override of the same key wins.
+
+    Mirrors `BasicSweeper.split_arguments` (which only supports discrete sweeps, i.e. comma lists, range()
+    and glob() of config groups).
+    """
+    lists: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise ValueError(
+                    f"{override.input_line!r}: only comma lists, range() and glob() can be swept here "
+                    "(interval sweeps need an optimising sweeper such as optuna)"
+                )
+            lists[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            lists[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return list(lists.items())
+
+
+def job_name(parts: Sequence[str]) -> str:
+    """Folder name from a job's distinguishing overrides; readable, filesystem-safe, bounded in length."""
+    text = ",".join(parts)
+    if not text:
+        return BASE_NAME
+    name = _UNSAFE.sub("_", text.replace("/", "-"))
+    if name != text.replace("/", "-") or len(name) > _MAX_NAME:
+        # Characters were replaced or the name was cut: a hash of the exact text keeps names distinct.
+        name = f"{name[: _MAX_NAME - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return name
+
+
+def expand_sweep(cli: Sequence[CliList], points: Sequence[Mapping[str, Any]]) -> list[SweepJob]:
+    """Every point times the cartesian product of the command-line lists, in that order.
+
+    A point's value replaces a single-valued command-line override of the same key (the command line then
+    sets the base the point varies from); a command-line *list* over a key that the points vary is
+    ambiguous and raises. Folder names hold the point's overrides and the swept command-line values.
+    """
+    point_list = [dict(p) for p in points] or [{}]
+    swept = {bare_key(key) for key, values in cli if len(values) > 1}
+    for point in point_list:
+        clash = sorted(swept & {bare_key(k) for k in point})
+        if clash:
+            raise ValueError(
+                f"{', '.join(clash)} is swept on the command line and also varied by this sweep config's "
+                "points/axes; drop the command-line list or choose a sweep that does not vary it"
+            )
+    jobs: list[SweepJob] = []
+    names: dict[str, list[str]] = {}
+    for point in point_list:
+        point_keys = {bare_key(k) for k in point}
+        point_overrides = [f"{k}={format_value(bare_key(k), v)}" for k, v in point.items()]
+        for combo in itertools.product(*(values for _, values in cli)):
+            kept = [o for (key, _), o in zip(cli, combo, strict=True) if bare_key(key) not in point_keys]
+            swept_parts = [o for (_, values), o in zip(cli, combo, strict=True) if len(values) > 1]
+            overrides = kept + point_overrides
+            name = job_name(point_overrides + swept_parts)
+            if name in names:
+                if sorted(names[name]) == sorted(overrides):
+                    continue  # the same job twice (e.g. a point repeating a command-line value)
+                raise ValueError(
+                    f"two jobs of this sweep would share the folder {name!r}: {names[name]} and {overrides}"
+                )
+            names[name] = overrides
+            jobs.append(SweepJob(name=name, overrides=overrides))
+    return jobs
+
+
+def check_job_dirs(sweep_dir: Path, jobs: Sequence[SweepJob]) -> tuple[list[SweepJob], dict[str, str]]:
+    """Split jobs into those whose folder is free or holds the same overrides, and conflicting ones.
+
+    Hydra overwrites `.hydra/overrides.yaml` when a job starts, so this must run before launching: a folder
+    reused with other overrides would mix two runs (train.py would even skip it as finished).
+    Returns (runnable jobs, {job name: reason}).
+    """
+    runnable: list[SweepJob] = []
+    conflicts: dict[str, str] = {}
+    for job in jobs:
+        saved = sweep_dir / job.name / ".hydra" / "overrides.yaml"
+        if saved.is_file():
+            try:
+                previous = [str(o) for o in OmegaConf.to_container(OmegaConf.load(saved)) or []]
+            except Exception as err:  # report which file is broken instead of crashing
+                previous = [f"<unreadable: {err}>"]
+            if sorted(previous) != sorted(job.overrides):
+                only_old = [o for o in previous if o not in job.overrides]
+                only_new = [o for o in job.overrides if o not in previous]
+                conflicts[job.name] = (
+                    f"{saved.parent.parent} holds a run with other overrides (only there: {only_old}; only "
+                    f"in this sweep: {only_new}). Use another hydra.sweep.dir (e.g. "
+                    f"hydra.sweep.dir={sweep_dir}-2) or delete that folder."
+                )
+                continue
+        runnable.append(job)
+    return runnable, conflicts
+
+
+def is_finished(sweep_dir: Path, job: SweepJob) -> bool:
+    """A job whose folder already holds metrics.json (checked after `check_job_dirs`: same overrides).
+
+    The sweeper does not launch such jobs at all (train.py would skip them too, but only after importing
+    torch, and on SLURM after queueing), so re-running a finished sweep just rewrites its report.
+    """
+    return (sweep_dir / job.name / METRICS_FILE).is_file()
+
+
+def write_plan(
+    sweep_dir: Path, jobs: Sequence[SweepJob], conflicts: Mapping[str, str], axes: Sequence[str]
+) -> Path:
+    """Record the planned jobs so the report can list jobs that never started and refused folders."""
+    plan = {
+        "axes": list(axes),
+        "jobs": [
+            {
+                "name": job.name,
+                "overrides": job.overrides,
+                "status": "conflict" if job.name in conflicts else "planned",
+                **({"error": conflicts[job.name]} if job.name in conflicts else {}),
+            }
+            for job in jobs
+        ],
+    }
+    path = sweep_dir / PLAN_FILE
+    path.write_text(json.dumps(plan, indent=2) + "\n")
+    return path

@@ -1,0 +1,228 @@
+"""Sweep report on synthetic multirun folders: statistics per setting, job states, files written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from mlcap.report import ReportCallback, load_jobs, main, one_at_a_time_tables, settings_table, varied_keys
+from mlcap.report import write_report as write
+from mlcap.sweep import SweepJob, write_plan
+
+PER_CLASS = (
+    "label,precision,recall,f1,support\n1,0.9,0.8,0.85,10\n2,0.5,0.4,0.45,5\nsamples avg,0.7,0.6,0.65,15\n"
+)
+
+
+def make_job(
+    sweep: Path,
+    name: str,
+    num: int,
+    config: dict[str, Any],
+    overrides: list[str],
+    metrics: dict[str, Any] | None = None,
+    failed: str | None = None,
+    last_ckpt: bool = False,
+) -> Path:
+    """A job folder as Hydra and train.py leave it."""
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(config), job / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": {"job": {"num": num}}}), job / ".hydra" / "hydra.yaml")
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+        (job / "per_class.csv").write_text(PER_CLASS)
+    if failed is not None:
+        (job / "failed.json").write_text(json.dumps({"error": failed, "traceback": "Traceback ..."}))
+    if last_ckpt:
+        (job / "checkpoints").mkdir()
+        (job / "checkpoints" / "last.ckpt").write_bytes(b"")
+    return job
+
+
+def config(attention: bool, seed: int, hidden: int = 128, lr: float = 3e-4) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "lr": lr,
+        "paths": {"output_dir": "${hydra:runtime.output_dir}"},
+        "data": {"label_ids": [1, 2], "batch_size": 64},
+        "model": {"attention": attention, "hidden_dim": hidden},
+    }
+
+
+def metrics(f1: float, size: float = 16.4, seconds: float = 30.0) -> dict[str, Any]:
+    return {
+        "val_samples_f1": f1,
+        "val_loss": 1.0 - f1,
+        "train_loss": 0.5 - f1 / 2,
+        "model_size_mb": size,
+        "under_100mb": size <= 100,
+        "wall_time_s": seconds,
+        "epochs": 3,
+    }
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """model.attention on/off x seeds 0-2: one failed job, one interrupted, one not started, one refused."""
+    root = tmp_path / "table2"
+    f1_on = {0: 0.5, 1: 0.6, 2: 0.7}
+    for seed, f1 in f1_on.items():
+        make_job(
+            root,
+            f"model.attention=true,seed={seed}",
+            seed,
+            config(True, seed),
+            ["sweep=table2", f"seed={seed}", "model.attention=true"],
+            metrics(f1, seconds=20 + 10 * seed),
+        )
+    make_job(
+        root,
+        "model.attention=false,seed=0",
+        3,
+        config(False, 0),
+        ["sweep=table2", "seed=0", "model.attention=false"],
+        metrics(0.4, size=150.0),
+    )
+    make_job(
+        root,
+        "model.attention=false,seed=1",
+        4,
+        config(False, 1),
+        ["sweep=table2", "seed=1", "model.attention=false"],
+        failed="RuntimeError: CUDA out of memory",
+    )
+    make_job(
+        root,
+        "model.attention=false,seed=2",
+        5,
+        config(False, 2),
+        ["sweep=table2", "seed=2", "model.attention=false"],
+        last_ckpt=True,
+    )
+    order = sorted(root.iterdir(), key=lambda p: OmegaConf.load(p / ".hydra" / "hydra.yaml").hydra.job.num)
+    planned = [
+        SweepJob(p.name, OmegaConf.to_container(OmegaConf.load(p / ".hydra" / "overrides.yaml")))
+        for p in order
+    ]
+    planned.append(
+        SweepJob("model.attention=false,seed=3", ["sweep=table2", "seed=3", "model.attention=false"])
+    )
+    # This sweep would have run seed 0 with another override there: the sweeper refused it.
+    planned[0] = SweepJob(planned[0].name, [*planned[0].overrides, "x=1"])
+    write_plan(root, planned, {"model.attention=true,seed=0": "holds a run with other overrides"}, axes=[])
+    return root
+
+
+def test_jobs_are_found_with_their_state(sweep: Path) -> None:
+    records = load_jobs(sweep)
+    assert len(records) == 8
+    refused = [job for job in records if job.status == "refused"]
+    assert [job.name for job in refused] == ["model.attention=true,seed=0"]  # its folder holds the old run
+    assert "x=1" in refused[0].overrides
+    jobs = {job.name: job for job in records if job.status != "refused"}
+    assert jobs["model.attention=true,seed=1"].status == "finished"
+    assert jobs["model.attention=false,seed=1"].status == "failed"
+    assert "CUDA out of memory" in jobs["model.attention=false,seed=1"].error
+    assert jobs["model.attention=false,seed=2"].status == "unfinished"
+    assert "last.ckpt" in jobs["model.attention=false,seed=2"].error
+    assert jobs["model.attention=false,seed=3"].status == "not started"
+    assert varied_keys(records) == ["model.attention"]  # seed and constant keys excluded
+
+
+def test_settings_table_has_mean_std_and_n_over_seeds(sweep: Path) -> None:
+    jobs = load_jobs(sweep)
+    table = settings_table(jobs, varied_keys(jobs)).set_index("model.attention")
+    on, off = table.loc[True], table.loc[False]
+    assert on["n"] == 3 and on["seeds"] == "0 1 2"
+    assert on["val_samples_f1_mean"] == pytest.approx(0.6)
+    assert on["val_samples_f1_std"] == pytest.approx(0.1)  # sample std over seeds
+    assert on["val_loss_mean"] == pytest.approx(0.4)
+    assert on["train_loss_mean"] == pytest.approx(0.2)
+    assert on["wall_time_s_mean"] == pytest.approx(30.0)
+    assert not on["over_size_limit"]
+    assert off["n"] == 1 and off["failed"] == 1 and off["unfinished"] == 1
+    assert off["val_samples_f1_mean"] == pytest.approx(0.4) and pd.isna(off["val_samples_f1_std"])
+    assert off["over_size_limit"]
+
+
+def test_report_files(sweep: Path) -> None:
+    report = write(sweep).read_text()
+    assert "8 jobs: 4 finished, 1 failed, 1 unfinished, 1 not started, 1 refused" in report
+    assert "## Refused jobs" in report and "holds a run with other overrides" in report
+    assert "| true " in report and "**0.6000 ± 0.0500**" not in report
+    assert "**0.6000 ± 0.1000**" in report  # best setting in bold
+    assert "0.4000" in report and "150.0 ⚠ over 100 MB" in report
+    assert "1 (+1 failed, 1 unfinished)" in report
+    assert "## Failed jobs" in report and "RuntimeError: CUDA out of memory" in report
+    assert "model.attention=false,seed=2" in report and "model.attention=false,seed=3" in report
+    assert "Overrides common to all jobs: `sweep=table2`" in report
+    assert "`model.attention=true,seed=2`: val samples-F1 0.7000" in report  # the best single run
+    for name in (
+        "jobs.csv",
+        "settings.csv",
+        "best_per_class.csv",
+        "best_per_class.png",
+        "val_samples_f1_by_model.attention.png",
+    ):
+        assert (sweep / name).stat().st_size > 0, name
+    settings = pd.read_csv(sweep / "settings.csv")
+    assert list(settings["n"]) == [3, 1]
+    jobs = pd.read_csv(sweep / "jobs.csv")
+    assert list(jobs["status"]).count("failed") == 1 and len(jobs) == 8
+
+
+def test_one_at_a_time_grid_gets_one_table_per_key(tmp_path: Path) -> None:
+    root = tmp_path / "table4"
+    points = [(128, 3e-4), (32, 3e-4), (64, 3e-4), (128, 3e-3), (128, 3e-2)]
+    for num, (hidden, lr) in enumerate(points):
+        for seed in (0, 1):
+            name = f"{num}-{seed}"
+            make_job(
+                root,
+                name,
+                2 * num + seed,
+                config(True, seed, hidden=hidden, lr=lr),
+                [f"seed={seed}"],
+                metrics(0.5 + num / 100 + seed / 100),
+            )
+    write_plan(root, [], {}, axes=["lr", "model.hidden_dim"])
+    jobs = load_jobs(root)
+    settings = settings_table(jobs, varied_keys(jobs))
+    assert len(settings) == 5
+    tables = one_at_a_time_tables(settings, ["lr", "model.hidden_dim"])
+    assert list(tables["model.hidden_dim"]["model.hidden_dim"]) == [32, 64, 128]  # sorted, base included
+    assert list(tables["lr"]["lr"]) == [3e-4, 3e-3, 3e-2]
+    assert list(tables["lr"]["base"]) == [True, False, False]
+    assert list(tables["lr"]["n"]) == [2, 2, 2]
+
+    report = write(root).read_text()  # the plan has axes: one-at-a-time layout
+    assert "### `lr`" in report and "### `model.hidden_dim`" in report
+    assert report.index("### `lr`") < report.index("### `model.hidden_dim`")  # the sweep's axis order
+    for name in ("settings_lr.csv", "settings_model.hidden_dim.csv", "val_samples_f1_by_lr.png"):
+        assert (root / name).is_file(), name
+    flat = write(root, layout="flat").read_text()
+    assert "### `lr`" not in flat and (root / "val_samples_f1_by_setting.png").is_file()
+
+
+def test_cli_and_callback(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(sweep)]) == 0
+    assert capsys.readouterr().out.strip() == str(sweep / "report.md")
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "holds no job folders" in capsys.readouterr().err
+    (sweep / "report.md").unlink()
+    ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert (sweep / "report.md").is_file()
+
+
+def test_broken_metrics_file_is_named(sweep: Path) -> None:
+    (sweep / "model.attention=true,seed=0" / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"seed=0/metrics.json: cannot read it as JSON"):
+        load_jobs(sweep)

@@ -1,0 +1,193 @@
+"""Sweep expansion (points, one-at-a-time axes, command-line lists) and an end-to-end sweep with re-run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CONF, REPO, fast_overrides
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from mlcap.sweep import (
+    SweepJob,
+    check_job_dirs,
+    command_line_lists,
+    expand_sweep,
+    format_value,
+    job_name,
+    one_at_a_time,
+    sweep_points,
+)
+
+TABLE4_AXES = {
+    "lr": [3.0e-4, 3.0e-3, 3.0e-2],
+    "model.hidden_dim": [32, 64, 128],
+    "model.word_dim": [50, 100, 150],
+    "model.embed_dim": [128, 256, 512],
+    "data.batch_size": [32, 64, 128],
+}
+BEST = {
+    "lr": 3.0e-4,
+    "model.hidden_dim": 128,
+    "model.word_dim": 150,
+    "model.embed_dim": 256,
+    "data.batch_size": 64,
+}
+
+
+def cli(*overrides: str) -> list[tuple[str, list[str]]]:
+    return command_line_lists(OverridesParser.create().parse_overrides(list(overrides)))
+
+
+def test_one_at_a_time_runs_each_distinct_point_once() -> None:
+    points = one_at_a_time(TABLE4_AXES, BEST)
+    assert len(points) == 11
+    assert points[0] == {}  # the best model, once, not once per axis
+    assert {"lr": 3.0e-3} in points and {"lr": 3.0e-4} not in points
+    assert {"model.hidden_dim": 32} in points and {"model.hidden_dim": 128} not in points
+    # A base value given with another spelling (0.0003) or type (64.0) is still the base.
+    assert len(one_at_a_time({"lr": [0.0003, 3e-3], "data.batch_size": [64.0, 32]}, BEST)) == 3
+    # True is not 1, and a key missing from the base config is never the base.
+    assert one_at_a_time({"flag": [True]}, {"flag": 1}) == [{}, {"flag": True}]
+    assert one_at_a_time({"new": [1, 1]}, {}) == [{}, {"new": 1}]
+
+
+def test_table_configs_expand_to_the_study_tables() -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        table4 = compose("train", overrides=["sweep=table4"], return_hydra_config=True)
+        table1 = compose("train", overrides=["sweep=table1"], return_hydra_config=True)
+    assert table4.hydra.sweeper._target_ == "hydra_plugins.mlcap_sweeper.MlcapSweeper"
+    axes = OmegaConf.to_container(table4.hydra.sweeper.axes)
+    base = {key: OmegaConf.select(table4, key) for key in axes}
+    assert base == BEST  # the grid is centred on the config defaults, i.e. the best model
+    assert len(expand_sweep(cli("sweep=table4"), sweep_points(None, axes, base))) == 11
+    jobs = expand_sweep(
+        cli("sweep=table1"), sweep_points(OmegaConf.to_container(table1.hydra.sweeper.points), None)
+    )
+    assert [job.name for job in jobs] == [
+        "model.caption=false",
+        "model.word_vectors=fasttext_sg",
+        "model.word_vectors=word2vec_sg",
+        "model.word_vectors=word2vec_cbow",
+    ]
+    assert table1.hydra.sweep.dir == "multirun/table1"
+    assert table1.hydra.callbacks.report._target_ == "mlcap.report.ReportCallback"
+
+
+def test_seeds_and_command_line_lists_multiply_every_point() -> None:
+    points = sweep_points(None, TABLE4_AXES, BEST)
+    jobs = expand_sweep(cli("sweep=table4", "seed=0,1,2", "trainer.max_epochs=1"), points)
+    assert len(jobs) == 33
+    assert len({job.name for job in jobs}) == 33
+    assert jobs[0] == SweepJob("seed=0", ["sweep=table4", "seed=0", "trainer.max_epochs=1"])
+    assert jobs[4].name == "lr=0.003,seed=1"
+    assert jobs[4].overrides == ["sweep=table4", "seed=1", "trainer.max_epochs=1", "lr=0.003"]
+
+    two = [{"model.attention": True}, {"model.attention": False}]
+    jobs = expand_sweep(cli("seed=0,1", "trainer.max_epochs=1,2", "data=demo"), two)
+    assert len(jobs) == 8  # 2 points x 2 seeds x 2 epoch settings
+    assert jobs[-1].name == "model.attention=false,seed=1,trainer.max_epochs=2"
+    assert all("data=demo" in job.overrides for job in jobs)
+
+
+def test_command_line_value_of_an_axis_key_sets_the_base() -> None:
+    base = {**BEST, "model.hidden_dim": 16}  # e.g. model.hidden_dim=16 on the command line
+    jobs = expand_sweep(cli("model.hidden_dim=16"), sweep_points(None, TABLE4_AXES, base))
+    assert len(jobs) == 12  # 32, 64 and 128 now all differ from the base
+    varied = next(job for job in jobs if job.name == "model.hidden_dim=32")
+    assert varied.overrides == ["model.hidden_dim=32"]  # the point replaces the command-line value
+    assert jobs[0].overrides == ["model.hidden_dim=16"]
+
+
+def test_command_line_list_over_a_varied_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="lr is swept on the command line"):
+        expand_sweep(cli("lr=0.1,0.2"), sweep_points(None, TABLE4_AXES, BEST))
+    with pytest.raises(ValueError, match="only comma lists"):
+        command_line_lists(OverridesParser.create().parse_overrides(["lr=interval(0,1)"]))
+
+
+def test_points_are_deduplicated_and_values_formatted_as_overrides() -> None:
+    assert sweep_points([{"a": 1}, {"a": 1.0}, {"a": 2}], None) == [{"a": 1}, {"a": 2}]
+    assert sweep_points(None, None) == [{}]
+    assert format_value("model.caption", False) == "false"
+    assert format_value("x", None) == "null"
+    assert format_value("lr", 3.0e-4) == "0.0003"
+    assert format_value("model.word_vectors", "word2vec_sg") == "word2vec_sg"
+    assert format_value("name", "a,b") == "'a,b'"  # would otherwise be a sweep list
+    assert format_value("name", "true") == "'true'"  # would otherwise be a bool
+    with pytest.raises(ValueError, match="values must be"):
+        format_value("x", [1, 2])
+
+
+def test_job_names_are_safe_folder_names() -> None:
+    assert job_name([]) == "base"
+    assert job_name(["model/image_encoder=small_cnn"]) == "model-image_encoder=small_cnn"
+    odd = job_name(["data.root=/a b/c"])
+    assert "/" not in odd and " " not in odd and odd != job_name(["data.root=/a_b/c"])
+    assert len(job_name([f"key{i}=value{i}" for i in range(50)])) <= 120
+
+
+def test_a_folder_is_only_reused_for_the_same_overrides(tmp_path: Path) -> None:
+    same = SweepJob("a", ["seed=0", "lr=0.1"])
+    other = SweepJob("b", ["trainer.max_epochs=2"])
+    fresh = SweepJob("c", ["x=1"])
+    for name, overrides in (("a", ["lr=0.1", "seed=0"]), ("b", ["trainer.max_epochs=1"])):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(overrides), tmp_path / name / ".hydra" / "overrides.yaml")
+    runnable, conflicts = check_job_dirs(tmp_path, [same, other, fresh])
+    assert runnable == [same, fresh]
+    assert list(conflicts) == ["b"]
+    assert "trainer.max_epochs=1" in conflicts["b"] and "another hydra.sweep.dir" in conflicts["b"]
+
+
+def _sweep(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a sweep; Hydra logs to stdout and errors go to stderr, so both are merged into stdout."""
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", *cmd],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_sweep_runs_in_parallel_then_rerun_skips_finished_jobs(tiny_demo: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "table2"
+    command = [
+        "sweep=table2",
+        *fast_overrides(tiny_demo, tmp_path / "cache"),
+        "trainer.max_epochs=1",
+        "model/image_encoder=small_cnn",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    first = _sweep([*command, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert first.returncode == 0, first.stdout[-3000:]
+    jobs = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json"))
+    assert jobs == ["model.attention=false", "model.attention=true"]
+    report = (sweep_dir / "report.md").read_text()
+    assert "2 jobs: 2 finished" in report and "`model.attention`" in report
+    assert (sweep_dir / "settings.csv").is_file() and (
+        sweep_dir / "val_samples_f1_by_model.attention.png"
+    ).is_file()
+    mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")}
+
+    (sweep_dir / "report.md").unlink()
+    again = _sweep(command)  # the same command again: both jobs are found finished, nothing retrains
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")} == mtimes
+    assert again.stdout.count("already finished, not launched again") == 2
+    assert (sweep_dir / "report.md").is_file()
+
+    changed = _sweep([*command, "trainer.max_epochs=2"])  # other overrides: the folders are refused
+    assert changed.returncode != 0
+    assert "Use another hydra.sweep.dir" in changed.stdout
+    assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")} == mtimes
+    plan = json.loads((sweep_dir / "sweep_plan.json").read_text())
+    assert [job["status"] for job in plan["jobs"]] == ["planned", "planned"]  # left as the sweep left it
