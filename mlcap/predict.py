@@ -63,7 +63,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.image_dir is not None:
         data_cfg["image_dir"] = cfg.data.image_dir
     data_cfg["batch_size"] = cfg.batch_size
-    data_cfg["cache_views"] = 1  # prediction uses the original view only: a quarter of the extraction work
+    tta = model.hparams.get("tta", False) if cfg.get("tta") is None else bool(cfg.tta)
+    if not tta:
+        data_cfg["cache_views"] = 1  # the original view only: a quarter of the extraction work
     if cfg.get("cache") is not None:
         data_cfg["cache"] = cfg.cache
     datamodule: CaptionImageDataModule = hydra.utils.instantiate(
@@ -72,7 +74,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("predict")
     datamodule.attach_image_encoder(model.net.image_encoder)
-    probs = predict_probabilities(model, datamodule.predict_dataloader())
+    loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
+    probs = predict_probabilities(model, loaders)
     preds = decide_labels(probs, model.threshold).bool().numpy()
     label_ids = np.asarray(model.label_ids)
     table = datamodule.tables["predict"]

@@ -112,6 +112,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         vocab_tokens=datamodule.vocab.tokens,
         lr=cfg.lr,
         threshold=cfg.threshold,
+        tta=cfg.get("tta", False),
         preprocessing=data_config,
         embedding_init=vectors,
         pos_weight=positive_weights(datamodule) if cfg.model.get("loss") == "weighted_bce" else None,
@@ -134,7 +135,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = MultiLabelClassifier.load_from_checkpoint(best_path, load_pretrained=False, map_location="cpu")
     else:  # fast_dev_run and friends save no checkpoint: report the weights in memory
         best = model.cpu()
-    probs = predict_probabilities(best, datamodule.val_dataloader())
+    tta = bool(cfg.get("tta", False))
+    probs = predict_probabilities(
+        best, datamodule.view_dataloaders("val") if tta else datamodule.val_dataloader()
+    )
     target = datamodule.dataset("val", train=False).labels
     assert target is not None
     uncalibrated_f1 = float(samples_f1(decide_labels(probs, best.threshold).int(), target.int()))
@@ -161,6 +165,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **averages,
         "val_samples_f1_uncalibrated": uncalibrated_f1,
         "threshold_calibration": mode,
+        "tta": tta,
         "threshold": best.hparams["threshold"],
         "val_loss": best_epoch.get("val/loss"),
         "train_loss": best_epoch.get("train/loss"),

@@ -124,6 +124,7 @@ def test_calibrated_thresholds_are_stored_in_the_checkpoint(trained_run: tuple[P
         ["model.word_vectors=word2vec_cbow"],
         ["model.word_vectors=none"],
         ["model.loss=asl"],
+        ["model.aux_heads=true", "tta=true"],
         ["model.loss=weighted_bce", "threshold_calibration=global"],
         ["model/image_encoder=small_cnn"],  # trainable backbone: images decoded every step, no cache
     ],
@@ -226,3 +227,14 @@ def test_rerun_skips_finished_and_resumes_interrupted(compose_train: Callable[..
     resumed = train(cfg)
     assert resumed["epochs"] == 2 and resumed["train_loss"] is not None
     assert resumed["val_samples_f1"] == pytest.approx(first["val_samples_f1"])
+
+
+def test_predict_with_test_time_flips(
+    trained_run: tuple[Path, dict], tiny_demo: Path, tmp_path: Path
+) -> None:
+    _, metrics = trained_run
+    overrides = [f"ckpt_path={metrics['checkpoint']}", f"output={tmp_path / 'tta.csv'}", "tta=true"]
+    result = predict(
+        _compose("predict", [*overrides, f"labels_csv={tiny_demo}/test_labels.csv"], tmp_path / "p")
+    )
+    assert result["rows"] == TINY_DEMO["n_test"] and 0.0 < result["samples_f1"] <= 1.0

@@ -198,13 +198,14 @@ class CaptionImageDataModule(pl.LightningDataModule):
         return self._features[split]
 
     # ------------------------------------------------------------- dataloaders
-    def dataset(self, split: str, train: bool) -> CaptionRows:
+    def dataset(self, split: str, train: bool, view: int = 0) -> CaptionRows:
         table = self.tables[split]
         assert self.vocab is not None
         tokens, lengths = self.vocab.encode_batch(list(table["tokens"]), self.max_len)
         labels = multi_hot(table["labels"], self.label_ids) if "labels" in table else None
         if self.serves_features:
-            return CaptionRows(tokens, lengths, labels, features=self._all_features(split), random_view=train)
+            features = self._all_features(split)
+            return CaptionRows(tokens, lengths, labels, features=features, random_view=train, view=view)
         mean, std = (self.encoder.mean, self.encoder.std) if self.encoder else ((0.5,) * 3, (0.5,) * 3)
         transform = image_transform(self.image_size, mean, std, train=train)
         return CaptionRows(
@@ -216,8 +217,8 @@ class CaptionImageDataModule(pl.LightningDataModule):
             draft_size=self.image_size,
         )
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        dataset = self.dataset(split, train)
+    def _loader(self, split: str, train: bool, view: int = 0) -> DataLoader:
+        dataset = self.dataset(split, train, view)
         workers = 0 if self.serves_features else self.num_workers
         return DataLoader(
             dataset,
@@ -236,3 +237,11 @@ class CaptionImageDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", train=False)
+
+    def view_dataloaders(self, split: str) -> list[DataLoader]:
+        """One loader per cached flip view of a split, for test-time augmentation (needs the feature cache)."""
+        if not self.serves_features:
+            raise ValueError(
+                "test-time augmentation (tta=true) needs cached features (a frozen backbone, data.cache=true)"
+            )
+        return [self._loader(split, train=False, view=v) for v in range(self.cache_views)]

@@ -63,7 +63,7 @@ class CaptionRows(Dataset):
     """Rows with either image files (decoded on the fly) or cached backbone features of several views.
 
     `features` has shape [rows, views, dim]; with `random_view` each access draws one view (the cached form of
-    the flip augmentation), otherwise view 0 (the original image) is used.
+    the flip augmentation), otherwise `view` (0: the original image; others for test-time augmentation).
     """
 
     def __init__(
@@ -76,6 +76,7 @@ class CaptionRows(Dataset):
         features: torch.Tensor | None = None,
         random_view: bool = False,
         draft_size: int | None = None,
+        view: int = 0,
     ) -> None:
         if (image_paths is None) == (features is None):
             raise ValueError("give either image_paths (with a transform) or cached features")
@@ -87,6 +88,7 @@ class CaptionRows(Dataset):
         self.features = features
         self.random_view = random_view
         self.draft_size = draft_size
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -95,7 +97,7 @@ class CaptionRows(Dataset):
         item: dict[str, torch.Tensor] = {"tokens": self.tokens[index], "lengths": self.lengths[index]}
         if self.features is not None:
             views = self.features.shape[1]
-            view = int(torch.randint(views, ())) if self.random_view and views > 1 else 0
+            view = int(torch.randint(views, ())) if self.random_view and views > 1 else self.view
             item["features"] = self.features[index, view]
         else:
             assert self.image_paths is not None and self.transform is not None

@@ -71,6 +71,8 @@ class MultiLabelClassifier(pl.LightningModule):
         weight_decay: float = 0.0,
         threshold: float | Sequence[float] = 0.5,
         loss: str = "bce",
+        aux_heads: bool = False,
+        tta: bool = False,
         pos_weight: Sequence[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
         embedding_init: torch.Tensor | None = None,
@@ -107,6 +109,7 @@ class MultiLabelClassifier(pl.LightningModule):
             embed_dim=embed_dim,
             batch_norm=batch_norm,
             dropout=dropout,
+            aux_heads=aux_heads,
         )
         self.loss_fn = build_loss(loss, pos_weight)
         self.val_metrics = _metric_collection(len(self.label_ids), prefix="val/")
@@ -120,9 +123,16 @@ class MultiLabelClassifier(pl.LightningModule):
         return self.net(batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss_fn(self(batch), batch["labels"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=batch["labels"].shape[0])
-        return loss
+        heads = self.net.head_logits(batch)
+        losses = {name: self.loss_fn(logits, batch["labels"]) for name, logits in heads.items()}
+        size = batch["labels"].shape[0]
+        self.log("train/loss", losses["fusion"], on_step=False, on_epoch=True, batch_size=size)
+        if len(losses) > 1:
+            for name in ("image", "caption"):
+                self.log(
+                    f"train/{name}_head_loss", losses[name], on_step=False, on_epoch=True, batch_size=size
+                )
+        return sum(losses.values())
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)
@@ -145,11 +155,16 @@ class MultiLabelClassifier(pl.LightningModule):
 
 
 @torch.inference_mode()
-def predict_probabilities(model: MultiLabelClassifier, loader: torch.utils.data.DataLoader) -> torch.Tensor:
-    """Probabilities for every row of a loader, in order, on the model's device (single process)."""
+def predict_probabilities(
+    model: MultiLabelClassifier, loaders: torch.utils.data.DataLoader | Sequence[torch.utils.data.DataLoader]
+) -> torch.Tensor:
+    """Probabilities for every row, in order (single process); several loaders (views) are averaged."""
     model.eval()
-    chunks = []
-    for batch in loader:
-        batch = {key: value.to(model.device) for key, value in batch.items()}
-        chunks.append(torch.sigmoid(model(batch)).cpu())
-    return torch.cat(chunks)
+    per_loader = []
+    for loader in loaders if isinstance(loaders, Sequence) else [loaders]:
+        chunks = []
+        for batch in loader:
+            batch = {key: value.to(model.device) for key, value in batch.items()}
+            chunks.append(torch.sigmoid(model(batch)).cpu())
+        per_loader.append(torch.cat(chunks))
+    return torch.stack(per_loader).mean(0)
