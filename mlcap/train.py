@@ -142,6 +142,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     target = datamodule.dataset("val", train=False).labels
     assert target is not None
     uncalibrated_f1 = float(samples_f1(decide_labels(probs, best.threshold).int(), target.int()))
+    flip_tta_f1 = None  # what test-time flips would give (uncalibrated), measured whenever views are cached
+    if datamodule.serves_features and datamodule.cache_views > 1:
+        flip_probs = probs if tta else predict_probabilities(best, datamodule.view_dataloaders("val"))
+        flip_tta_f1 = float(samples_f1(decide_labels(flip_probs, best.threshold).int(), target.int()))
     mode = cfg.get("threshold_calibration", "none")
     threshold, _ = calibrate(probs, target, mode)
     if threshold is not None and best_path:
@@ -166,6 +170,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_samples_f1_uncalibrated": uncalibrated_f1,
         "threshold_calibration": mode,
         "tta": tta,
+        "val_samples_f1_flip_tta_uncalibrated": flip_tta_f1,
         "threshold": best.hparams["threshold"],
         "val_loss": best_epoch.get("val/loss"),
         "train_loss": best_epoch.get("train/loss"),
