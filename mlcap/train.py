@@ -7,6 +7,7 @@ import logging
 import os
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
+    # A frozen backbone is in eval mode on purpose (its batch-norm statistics stay the pretrained ones).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
     datamodule: CaptionImageDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()

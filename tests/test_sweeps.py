@@ -191,3 +191,14 @@ def test_sweep_runs_in_parallel_then_rerun_skips_finished_jobs(tiny_demo: Path, 
     assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")} == mtimes
     plan = json.loads((sweep_dir / "sweep_plan.json").read_text())
     assert [job["status"] for job in plan["jobs"]] == ["planned", "planned"]  # left as the sweep left it
+
+    # A sweep killed mid-way: one job finished, the other stopped after its last checkpoint. The re-run
+    # resumes that one from checkpoints/last.ckpt and leaves the finished one alone.
+    interrupted = sweep_dir / "model.attention=false"
+    (interrupted / "metrics.json").unlink()
+    resumed = _sweep(command)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "resuming the interrupted run" in resumed.stdout
+    finished = sweep_dir / "model.attention=true" / "metrics.json"
+    assert finished.stat().st_mtime_ns == mtimes[finished]
+    assert (interrupted / "metrics.json").is_file()
