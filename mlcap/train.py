@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from mlcap.calibration import calibrate
+from mlcap.calibration import calibrate, cross_fitted_f1
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.word_vectors import train_word_vectors
 from mlcap.metrics import classification_table, decide_labels, samples_f1
@@ -151,6 +151,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         flip_tta_f1 = float(samples_f1(decide_labels(flip_probs, best.threshold).int(), target.int()))
     mode = cfg.get("threshold_calibration", "none")
     threshold, _ = calibrate(probs, target, mode)
+    crossfit_f1 = cross_fitted_f1(probs, target, mode, seed=cfg.seed) if threshold is not None else None
     if threshold is not None and best_path:
         best.hparams["threshold"] = threshold
         set_checkpoint_threshold(Path(best_path), threshold)
@@ -172,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **averages,
         "val_samples_f1_uncalibrated": uncalibrated_f1,
         "threshold_calibration": mode,
+        "val_samples_f1_calibrated_crossfit": crossfit_f1,
         "tta": tta,
         "val_samples_f1_flip_tta_uncalibrated": flip_tta_f1,
         "threshold": best.hparams["threshold"],

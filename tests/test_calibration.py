@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlcap.calibration import calibrate, global_threshold, per_class_thresholds
+from mlcap.calibration import calibrate, cross_fitted_f1, global_threshold, per_class_thresholds
 from mlcap.metrics import decide_labels, samples_f1
 
 
@@ -41,3 +41,12 @@ def test_calibrate_modes() -> None:
     assert isinstance(calibrate(probs, target, "per_class")[0], list)
     with pytest.raises(ValueError, match="per_class"):
         calibrate(probs, target, "best")
+
+
+def test_cross_fitted_estimate_is_not_above_the_in_sample_score() -> None:
+    probs, target = _data(rows=400)
+    _, in_sample = per_class_thresholds(probs, target)
+    honest = cross_fitted_f1(probs, target, "per_class")
+    base = float(samples_f1(decide_labels(probs, 0.5).int(), target.int()))
+    assert base < honest <= in_sample
+    assert cross_fitted_f1(probs, target, "none") == pytest.approx(base)

@@ -109,6 +109,7 @@ def test_calibrated_thresholds_are_stored_in_the_checkpoint(trained_run: tuple[P
     _, metrics = trained_run
     assert isinstance(metrics["threshold"], list) and len(metrics["threshold"]) == 19
     assert metrics["val_samples_f1"] >= metrics["val_samples_f1_uncalibrated"]
+    assert 0.0 < metrics["val_samples_f1_calibrated_crossfit"] <= metrics["val_samples_f1"] + 1e-9
     checkpoint = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
     assert checkpoint["hyper_parameters"]["threshold"] == metrics["threshold"]
 
