@@ -79,10 +79,11 @@ def main() -> None:
     )
 
     encoder = ImageEncoder(args.encoder, embed_dim=256, pretrained=True, freeze=True)
-    bare = bare_forward(
-        encoder.backbone, args.image_size, args.batch_size, batches=max(2, args.rows // args.batch_size)
+    batches = max(2, args.rows // args.batch_size)
+    print(
+        f"1. {args.encoder} at {args.image_size}px, batch {args.batch_size} (bare forward measured right before"
     )
-    print(f"1. bare {args.encoder} forward at {args.image_size}px: {bare:.1f} images/s")
+    print("   each extraction, since a shared machine's speed drifts between minutes):")
 
     with tempfile.TemporaryDirectory() as cache_dir:
         dm = CaptionImageDataModule(
@@ -97,6 +98,8 @@ def main() -> None:
         paths = list(dm.tables["train"]["path"][: args.rows])
         transform = image_transform(args.image_size, encoder.mean, encoder.std, train=False)
         for views in (1, 4):
+            bare = bare_forward(encoder.backbone, args.image_size, args.batch_size, batches)
+            print(f"   bare forward on synthetic tensors: {bare:.1f} images/s")
             start = time.perf_counter()
             extract_features(
                 encoder.backbone,

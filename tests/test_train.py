@@ -239,3 +239,14 @@ def test_predict_with_test_time_flips(
         _compose("predict", [*overrides, f"labels_csv={tiny_demo}/test_labels.csv"], tmp_path / "p")
     )
     assert result["rows"] == TINY_DEMO["n_test"] and 0.0 < result["samples_f1"] <= 1.0
+
+
+def test_checkpoint_backbone_has_the_training_fingerprint(trained_run: tuple[Path, dict]) -> None:
+    """Predicting from a checkpoint reuses the features cached in training: the cache key sees equal tensors."""
+    from mlcap.models.image_encoders import ImageEncoder, state_fingerprint
+    from mlcap.models.lit_module import MultiLabelClassifier
+
+    _, metrics = trained_run
+    loaded = MultiLabelClassifier.load_from_checkpoint(metrics["checkpoint"], load_pretrained=False)
+    fresh = ImageEncoder("efficientnet_lite0", embed_dim=8, pretrained=True, freeze=True)
+    assert state_fingerprint(loaded.net.image_encoder.backbone) == state_fingerprint(fresh.backbone)

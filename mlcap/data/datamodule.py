@@ -163,7 +163,9 @@ class CaptionImageDataModule(pl.LightningDataModule):
         paths = [p for t in tables for p in t["path"]]
         spec = ExtractionSpec(
             encoder=self.encoder.name,
-            weights=f"{self.encoder.weights_id}:{state_fingerprint(self.encoder.backbone)}",
+            # The tensors themselves, not where they came from: a checkpoint's backbone (built without
+            # pretrained weights, then loaded) must hit the features cached while training it.
+            weights=state_fingerprint(self.encoder.backbone),
             image_size=self.image_size,
             mean=tuple(self.encoder.mean),
             std=tuple(self.encoder.std),
