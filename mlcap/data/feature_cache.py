@@ -160,9 +160,14 @@ def extract_features(
     ):
         for images in loader:
             images = images.to(device, non_blocking=True)
-            stacked = torch.cat([images.flip(dims) if dims else images for dims in VIEW_FLIPS[:views]])
-            stacked = stacked.contiguous(memory_format=torch.channels_last)
-            features = backbone(stacked).float().reshape(views, len(images), -1).transpose(0, 1)
+            # One forward per view at the loader's batch size: a 4x larger batch ran slower per image here.
+            per_view = [
+                backbone(
+                    (images.flip(dims) if dims else images).contiguous(memory_format=torch.channels_last)
+                )
+                for dims in VIEW_FLIPS[:views]
+            ]
+            features = torch.stack(per_view, dim=1).float()
             chunks.append(features.cpu().numpy().astype(np.float16))
             progress.update(len(images))
     backbone.train(was_training)
