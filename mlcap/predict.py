@@ -74,6 +74,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("predict")
     datamodule.attach_image_encoder(model.net.image_encoder)
+    datamodule.attach_sentence_encoder(model.net.sentence_encoder)
     loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
     probs = predict_probabilities(model, loaders)
     preds = decide_labels(probs, model.threshold).bool().numpy()

@@ -121,6 +121,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pos_weight=positive_weights(datamodule) if cfg.model.get("loss") == "weighted_bce" else None,
     )
     datamodule.attach_image_encoder(model.net.image_encoder)
+    datamodule.attach_sentence_encoder(model.net.sentence_encoder)
 
     callbacks: list[Callback] = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
     history = EpochHistory()

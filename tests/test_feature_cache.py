@@ -18,7 +18,7 @@ from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_featu
 from mlcap.models.image_encoders import SmallCNN
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC = ExtractionSpec("small_cnn", "test-weights", 32, (0.5,) * 3, (0.5,) * 3, views=4)
+SPEC = ExtractionSpec("small_cnn", "test-weights", (32, 32), (0.5,) * 3, (0.5,) * 3, views=4)
 
 
 def _images(folder: Path, count: int = 6) -> list[Path]:
@@ -64,7 +64,13 @@ def test_changed_image_encoder_or_size_is_a_miss(tmp_path: Path) -> None:
     changed = cache.key(SPEC, paths)
     os.utime(paths[2], ns=(2, 2))
     assert cache.key(SPEC, paths) != changed
-    for field, value in [("encoder", "other"), ("weights", "w2"), ("image_size", 64), ("views", 1)]:
+    for field, value in [
+        ("encoder", "other"),
+        ("weights", "w2"),
+        ("image_size", (32, 48)),
+        ("views", 1),
+        ("output", "map"),
+    ]:
         other = ExtractionSpec(**{**SPEC.__dict__, field: value})
         assert cache.key(other, paths) != cache.key(SPEC, paths), field
 
@@ -173,3 +179,20 @@ def test_rows_need_images_or_features() -> None:
     tokens, lengths = torch.ones(2, 3, dtype=torch.long), torch.ones(2, dtype=torch.long)
     with pytest.raises(ValueError, match="either"):
         CaptionRows(tokens, lengths, None)
+
+
+def test_text_embeddings_are_cached_by_encoder_and_exact_text(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    calls: list[int] = []
+
+    def embed() -> np.ndarray:
+        calls.append(1)
+        return np.full((2, 5), len(calls), dtype=np.float32)
+
+    first = cache.load_or_create_texts("minilm-abc", ["a dog", "a cat"], embed)
+    assert first.shape == (2, 1, 5)
+    np.testing.assert_array_equal(cache.load_or_create_texts("minilm-abc", ["a dog", "a cat"], embed), first)
+    assert len(calls) == 1
+    cache.load_or_create_texts("minilm-abc", ["a dog", "a cat."], embed)  # one character changed
+    cache.load_or_create_texts("minilm-xyz", ["a dog", "a cat"], embed)  # other weights
+    assert len(calls) == 3

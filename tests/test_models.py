@@ -88,3 +88,62 @@ def test_missing_torchvision_weights_say_what_to_do(monkeypatch: pytest.MonkeyPa
 def test_unknown_encoder_lists_choices() -> None:
     with pytest.raises(ValueError, match="small_cnn"):
         build_backbone("vgg")
+
+
+def test_partial_fine_tuning_trains_only_the_top_stages_on_the_cached_map() -> None:
+    torch.manual_seed(0)
+    encoder = ImageEncoder("efficientnet_lite0", embed_dim=5, pretrained=True, trainable_blocks=2)
+    encoder.train()
+    top = [*encoder.backbone.blocks[6].parameters(), *encoder.backbone.conv_head.parameters()]
+    assert all(p.requires_grad for p in top)
+    assert not any(p.requires_grad for p in encoder.backbone.blocks[5].parameters())
+    assert not encoder.backbone.blocks[5].training and encoder.backbone.blocks[6].training
+    images = _batch(size=64)["image"]
+    fingerprint = encoder.cache_fingerprint()
+    with torch.no_grad():
+        cached = encoder.cached_forward(images)
+    assert cached.shape == (4, 192, 2, 2)  # the input of the last MBConv stage at 64x64
+    encoder.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(images), encoder.forward_features(cached))
+    # Training the top must not change what the cache holds, so its key stays the same.
+    encoder.train()
+    loss = encoder.forward_features(cached).sum()
+    loss.backward()
+    torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=0.1).step()
+    assert encoder.cache_fingerprint() == fingerprint
+    assert (
+        ImageEncoder("efficientnet_lite0", embed_dim=5, trainable_blocks=1).cache_fingerprint() != fingerprint
+    )
+
+
+def test_label_attention_pooling_adds_per_label_logits() -> None:
+    torch.manual_seed(0)
+    encoder = ImageEncoder(
+        "small_cnn", embed_dim=5, pretrained=False, pooling="label_attention", num_labels=19
+    )
+    embedding, label_logits = encoder.encode(images=_batch()["image"])
+    assert embedding.shape == (4, 5) and label_logits is not None and label_logits.shape == (4, 19)
+    fused = FusionNet(encoder, CaptionEncoder(20, word_dim=8, hidden_dim=6, embed_dim=5), 19, embed_dim=5)
+    assert fused(_batch()).shape == (4, 19)
+    with pytest.raises(ValueError, match="num_labels"):
+        ImageEncoder("small_cnn", embed_dim=5, pretrained=False, pooling="label_attention")
+    with pytest.raises(ValueError, match="trainable_blocks"):
+        ImageEncoder("small_cnn", embed_dim=5, pretrained=False, trainable_blocks=9)
+
+
+def test_sentence_encoder_is_stored_in_half_precision_and_embeds_like_minilm() -> None:
+    from mlcap.models.sentence_encoder import SentenceEncoder
+
+    encoder = SentenceEncoder("minilm")
+    assert encoder.dim == 384
+    assert all(p.dtype == torch.float16 for p in encoder.parameters())
+    # 22.7M weights at 2 bytes: within the 100 MB budget next to Lite0.
+    assert 40e6 < inference_size_bytes(encoder) < 50e6
+    embeddings = encoder.embed(["a man riding a horse", "a man rides a horse", "a plate of pizza"]).float()
+    assert embeddings.shape == (3, 384) and embeddings.dtype == torch.float32
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(3), atol=1e-2, rtol=0)
+    similarity = embeddings @ embeddings.T
+    assert similarity[0, 1] > 0.8 > similarity[0, 2]
+    with pytest.raises(ValueError, match="Unknown sentence encoder"):
+        SentenceEncoder("bert")

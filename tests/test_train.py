@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -127,6 +128,8 @@ def test_calibrated_thresholds_are_stored_in_the_checkpoint(trained_run: tuple[P
         ["model.loss=asl"],
         ["model.aux_heads=true", "tta=true"],
         ["model.loss=weighted_bce", "threshold_calibration=global"],
+        ["model.sentence_encoder=minilm", "model.aux_heads=true"],
+        ["model.sentence_encoder=minilm", "model.caption=false", "data.cache=false"],
         ["model/image_encoder=small_cnn"],  # trainable backbone: images decoded every step, no cache
     ],
     ids=lambda o: ",".join(o),
@@ -250,3 +253,30 @@ def test_checkpoint_backbone_has_the_training_fingerprint(trained_run: tuple[Pat
     loaded = MultiLabelClassifier.load_from_checkpoint(metrics["checkpoint"], load_pretrained=False)
     fresh = ImageEncoder("efficientnet_lite0", embed_dim=8, pretrained=True, freeze=True)
     assert state_fingerprint(loaded.net.image_encoder.backbone) == state_fingerprint(fresh.backbone)
+
+
+def test_partial_fine_tuning_on_cached_maps_trains_and_predicts(tiny_demo: Path, tmp_path: Path) -> None:
+    """Top stage trained on a cached non-square spatial map, label attention, one-cycle schedule; then predict."""
+    overrides = [
+        *fast_overrides(tiny_demo, tmp_path / "cache"),
+        "data.image_size=[32,48]",
+        "data.cache_views=2",
+        "model.image_encoder.trainable_blocks=1",
+        "model.image_encoder.pooling=label_attention",
+        "model.backbone_lr_scale=0.5",
+        "model.scheduler=onecycle",
+        "trainer.max_epochs=2",
+    ]
+    metrics = train(_compose("train", overrides, tmp_path / "run"))
+    assert 0.0 <= metrics["val_samples_f1"] <= 1.0
+    maps = list((tmp_path / "cache" / "features").glob("*.npy"))
+    assert len(maps) == 1
+    # [images, views, channels, height, width]: the input of Lite0's conv_head at 32x48 is 320 x 1 x 2.
+    assert np.load(maps[0]).shape[1:] == (2, 320, 1, 2)
+    overrides = [
+        f"ckpt_path={metrics['checkpoint']}",
+        f"output={tmp_path / 'submission.csv'}",
+        f"labels_csv={tiny_demo}/test_labels.csv",
+    ]
+    result = predict(_compose("predict", overrides, tmp_path / "predict"))
+    assert result["rows"] == TINY_DEMO["n_test"] and 0.0 < result["samples_f1"] <= 1.0

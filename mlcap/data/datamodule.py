@@ -15,11 +15,12 @@ from platformdirs import user_cache_dir
 from torch.utils.data import DataLoader
 
 from mlcap.data.comp5329 import check_images, check_labels, read_captions_csv
-from mlcap.data.datasets import CaptionRows, image_transform
+from mlcap.data.datasets import CaptionRows, image_hw, image_transform
 from mlcap.data.demo import ensure_demo
 from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
 from mlcap.data.text import Vocabulary, preprocess_caption
-from mlcap.models.image_encoders import ImageEncoder, state_fingerprint
+from mlcap.models.image_encoders import ImageEncoder
+from mlcap.models.sentence_encoder import SentenceEncoder
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         val_fraction: float = 0.2,
         split_seed: int = 0,
         max_len: int = 32,
-        image_size: int = 224,
+        image_size: int | Sequence[int] = 224,
         num_workers: int = 2,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -83,7 +84,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.max_len = max_len
-        self.image_size = image_size
+        self.image_size = image_hw(image_size)
         self.num_workers = num_workers
         self.use_cache = cache
         self.cache = FeatureCache(cache_dir or default_cache_dir() / "features")
@@ -93,8 +94,10 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.demo = dict(demo) if demo else None
         self.vocab = vocab
         self.encoder: ImageEncoder | None = None
+        self.sentence_encoder: SentenceEncoder | None = None
         self.tables: dict[str, pd.DataFrame] = {}
         self._features: dict[str, torch.Tensor] = {}
+        self._sentences: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------- reading
     def prepare_data(self) -> None:
@@ -149,6 +152,24 @@ class CaptionImageDataModule(pl.LightningDataModule):
     def attach_image_encoder(self, encoder: ImageEncoder) -> None:
         self.encoder = encoder
 
+    def attach_sentence_encoder(self, encoder: SentenceEncoder | None) -> None:
+        """A frozen sentence encoder: every caption is embedded once (cached) and served with its row."""
+        self.sentence_encoder = encoder
+
+    def _sentence_embeddings(self, split: str) -> torch.Tensor:
+        if split not in self._sentences:
+            assert self.sentence_encoder is not None
+            encoder = self.sentence_encoder
+            captions = list(self.tables[split]["caption"])
+            if self.use_cache:
+                array = self.cache.load_or_create_texts(
+                    encoder.fingerprint(), captions, lambda: encoder.embed(captions).numpy()
+                )[:, 0]
+                self._sentences[split] = torch.from_numpy(np.asarray(array))
+            else:
+                self._sentences[split] = encoder.embed(captions)
+        return self._sentences[split]
+
     @property
     def serves_features(self) -> bool:
         return self.use_cache and self.encoder is not None and self.encoder.freeze
@@ -165,11 +186,12 @@ class CaptionImageDataModule(pl.LightningDataModule):
             encoder=self.encoder.name,
             # The tensors themselves, not where they came from: a checkpoint's backbone (built without
             # pretrained weights, then loaded) must hit the features cached while training it.
-            weights=state_fingerprint(self.encoder.backbone),
+            weights=self.encoder.cache_fingerprint(),
             image_size=self.image_size,
             mean=tuple(self.encoder.mean),
             std=tuple(self.encoder.std),
             views=self.cache_views,
+            output="map" if self.encoder.spatial else "pooled",
         )
         # Sorted so the key does not depend on the split.
         order = sorted(range(len(paths)), key=lambda i: str(paths[i]))
@@ -180,7 +202,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
             spec,
             sorted_paths,
             lambda: extract_features(
-                self.encoder.backbone,
+                self.encoder,
                 sorted_paths,
                 transform,
                 views=self.cache_views,
@@ -188,6 +210,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
                 num_workers=self.num_workers,
                 device=device,
                 draft_size=self.image_size,
+                forward=self.encoder.cached_forward,
             ),
         )
         features = torch.empty((len(paths), *array.shape[1:]), dtype=torch.float16)
@@ -205,9 +228,12 @@ class CaptionImageDataModule(pl.LightningDataModule):
         assert self.vocab is not None
         tokens, lengths = self.vocab.encode_batch(list(table["tokens"]), self.max_len)
         labels = multi_hot(table["labels"], self.label_ids) if "labels" in table else None
+        sentences = self._sentence_embeddings(split) if self.sentence_encoder is not None else None
         if self.serves_features:
             features = self._all_features(split)
-            return CaptionRows(tokens, lengths, labels, features=features, random_view=train, view=view)
+            return CaptionRows(
+                tokens, lengths, labels, features=features, random_view=train, view=view, sentences=sentences
+            )
         mean, std = (self.encoder.mean, self.encoder.std) if self.encoder else ((0.5,) * 3, (0.5,) * 3)
         transform = image_transform(self.image_size, mean, std, train=train)
         return CaptionRows(
@@ -217,6 +243,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
             image_paths=list(table["path"]),
             transform=transform,
             draft_size=self.image_size,
+            sentences=sentences,
         )
 
     def _loader(self, split: str, train: bool, view: int = 0) -> DataLoader:

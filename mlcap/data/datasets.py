@@ -11,27 +11,39 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 
+def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """`data.image_size` as (height, width): one number is a square, two are [height, width]."""
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    size = tuple(int(v) for v in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"data.image_size must be an int or [height, width], got {image_size!r}")
+    return size  # type: ignore[return-value]
+
+
 def image_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float], train: bool
+    image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float], train: bool
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Resize, the study's random horizontal/vertical flips when training, then the backbone's normalisation."""
-    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)]
+    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize(image_hw(image_size), antialias=True)]
     if train:
         steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
 
 
-def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
+def load_rgb(path: Path, draft_size: int | Sequence[int] | None = None) -> Image.Image:
     """Decode one image, naming the file when it cannot be read.
 
     With `draft_size` a JPEG is decoded directly at the smallest 1/2, 1/4 or 1/8 scale still at least that
     large (libjpeg's DCT scaling via PIL's `draft`): a COCO photo resized to 224 decodes about 3x faster.
+    `draft_size` is the target size: an int or (height, width).
     """
     try:
         with Image.open(path) as image:
             if draft_size is not None:
-                image.draft("RGB", (draft_size, draft_size))
+                height, width = image_hw(draft_size)
+                image.draft("RGB", (width, height))
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as err:
         raise OSError(
@@ -46,7 +58,7 @@ class ImageFiles(Dataset):
         self,
         paths: Sequence[Path],
         transform: Callable[[Image.Image], torch.Tensor],
-        draft_size: int | None = None,
+        draft_size: int | Sequence[int] | None = None,
     ) -> None:
         self.paths = list(paths)
         self.transform = transform
@@ -64,6 +76,7 @@ class CaptionRows(Dataset):
 
     `features` has shape [rows, views, dim]; with `random_view` each access draws one view (the cached form of
     the flip augmentation), otherwise `view` (0: the original image; others for test-time augmentation).
+    `sentences` are precomputed caption embeddings of a frozen sentence encoder, one row per caption.
     """
 
     def __init__(
@@ -75,8 +88,9 @@ class CaptionRows(Dataset):
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         features: torch.Tensor | None = None,
         random_view: bool = False,
-        draft_size: int | None = None,
+        draft_size: int | Sequence[int] | None = None,
         view: int = 0,
+        sentences: torch.Tensor | None = None,
     ) -> None:
         if (image_paths is None) == (features is None):
             raise ValueError("give either image_paths (with a transform) or cached features")
@@ -89,6 +103,7 @@ class CaptionRows(Dataset):
         self.random_view = random_view
         self.draft_size = draft_size
         self.view = view
+        self.sentences = sentences
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -102,6 +117,8 @@ class CaptionRows(Dataset):
         else:
             assert self.image_paths is not None and self.transform is not None
             item["image"] = self.transform(load_rgb(self.image_paths[index], self.draft_size))
+        if self.sentences is not None:
+            item["sentence"] = self.sentences[index]
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item

@@ -37,11 +37,12 @@ class ExtractionSpec:
 
     encoder: str
     weights: str
-    image_size: int
+    image_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     views: int
     decode: str = "pil-draft"
+    output: str = "pooled"  # "pooled" vectors or a "map" of the frozen bottom stages
 
 
 def files_identity(paths: Sequence[Path]) -> str:
@@ -54,7 +55,7 @@ def files_identity(paths: Sequence[Path]) -> str:
 
 
 class FeatureCache:
-    """A folder of `.npy` feature arrays [images, views, dim] (float16), one per key.
+    """A folder of `.npy` feature arrays [images, views, *feature shape] (float16), one per key.
 
     Safe under concurrency and faults: a file lock makes concurrent runs compute a key once, and arrays are
     written to a temporary name then atomically renamed, so a run killed mid-write leaves nothing that a later
@@ -81,7 +82,7 @@ class FeatureCache:
         except (OSError, ValueError) as err:
             log.warning("feature cache: ignoring unreadable %s (%s)", path, err)
             return None
-        if array.ndim != 3 or array.shape[:2] != (rows, views):
+        if array.ndim < 3 or array.shape[:2] != (rows, views):
             log.warning("feature cache: ignoring %s with shape %s", path, array.shape)
             return None
         return np.array(array)  # read fully: a memmap would keep the file open and read-only
@@ -90,42 +91,54 @@ class FeatureCache:
         self, spec: ExtractionSpec, paths: Sequence[Path], extract: Callable[[], np.ndarray]
     ) -> np.ndarray:
         """Features for `paths`: from the cache when present, else computed once by `extract` and stored."""
-        path = self.path(spec, paths)
-        cached = self._load(path, len(paths), spec.views)
+        meta = {**asdict(spec), "images": len(paths)}
+        return self._stored(self.path(spec, paths), len(paths), spec.views, meta, extract)
+
+    def load_or_create_texts(
+        self, encoder_id: str, texts: Sequence[str], extract: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """Embeddings [texts, 1, dim] of `texts` by the encoder `encoder_id` (its name and weight hash)."""
+        digest = hashlib.sha256(f"{CACHE_FORMAT}\0{encoder_id}\n".encode())
+        for text in texts:
+            digest.update(text.encode())
+            digest.update(b"\0")
+        name = encoder_id.split("-", 1)[0]
+        path = self.cache_dir / f"text-{name}-{len(texts)}-{digest.hexdigest()[:24]}.npy"
+        meta = {"encoder": encoder_id, "texts": len(texts)}
+        return self._stored(path, len(texts), 1, meta, lambda: np.asarray(extract())[:, None])
+
+    def _stored(
+        self, path: Path, rows: int, views: int, meta: dict, extract: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        cached = self._load(path, rows, views)
         if cached is not None:
-            log.info("feature cache hit: %s (%d images, no backbone pass)", path, len(paths))
+            log.info("feature cache hit: %s (%d rows, no encoder pass)", path, rows)
             return cached
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
-            cached = self._load(path, len(paths), spec.views)
+            cached = self._load(path, rows, views)
             if cached is not None:
                 log.info("feature cache hit after waiting for another run: %s", path)
                 return cached
             for stale in self.cache_dir.glob(path.name + ".tmp-*"):
                 stale.unlink(missing_ok=True)
-            log.info(
-                "feature cache miss: extracting %s features of %d images into %s",
-                spec.encoder,
-                len(paths),
-                path,
-            )
+            log.info("feature cache miss: computing %s for %d rows into %s", meta.get("encoder"), rows, path)
             features = np.asarray(extract(), dtype=np.float16)
-            if features.shape[:2] != (len(paths), spec.views):
+            if features.shape[:2] != (rows, views):
                 raise RuntimeError(
-                    f"extractor returned shape {features.shape}, expected ({len(paths)}, {spec.views}, D)"
+                    f"extractor returned shape {features.shape}, expected ({rows}, {views}, ...)"
                 )
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             with open(tmp, "wb") as handle:
                 np.save(handle, features)
                 handle.flush()
                 os.fsync(handle.fileno())
-            meta = {**asdict(spec), "images": len(paths), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            meta = {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
             path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
             os.replace(tmp, path)
         return features
 
 
-@torch.inference_mode()
 def extract_features(
     backbone: nn.Module,
     paths: Sequence[Path],
@@ -134,17 +147,22 @@ def extract_features(
     batch_size: int = 64,
     num_workers: int = 2,
     device: torch.device | str = "cpu",
-    draft_size: int | None = None,
+    draft_size: int | Sequence[int] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """Pooled backbone features of every image under each flip view, as float16 [images, views, dim].
+    """Backbone output of every image under each flip view, as float16 [images, views, *output shape].
+
+    `forward` (default: `backbone` itself) computes what is stored, such as `ImageEncoder.cached_forward`.
 
     Decoding and resizing run in DataLoader workers, overlapped with the forward pass; channels-last memory
     and, on a GPU, half precision make the pass itself fast.
     """
     device = torch.device(device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
+    forward = forward or backbone
     was_training = backbone.training
     backbone.eval()
+    # Outside inference mode: parameters converted in it could never train afterwards (a trainable top).
     backbone.to(device=device, memory_format=torch.channels_last)
     loader = DataLoader(
         ImageFiles(paths, transform, draft_size),
@@ -155,6 +173,7 @@ def extract_features(
     )
     chunks: list[np.ndarray] = []
     with (
+        torch.inference_mode(),
         tqdm(total=len(paths), unit="img", desc="extracting features", mininterval=2.0) as progress,
         torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"),
     ):
@@ -162,9 +181,7 @@ def extract_features(
             images = images.to(device, non_blocking=True)
             # One forward per view at the loader's batch size: a 4x larger batch ran slower per image here.
             per_view = [
-                backbone(
-                    (images.flip(dims) if dims else images).contiguous(memory_format=torch.channels_last)
-                )
+                forward((images.flip(dims) if dims else images).contiguous(memory_format=torch.channels_last))
                 for dims in VIEW_FLIPS[:views]
             ]
             features = torch.stack(per_view, dim=1).float()

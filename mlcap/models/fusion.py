@@ -7,10 +7,15 @@ from torch import nn
 
 from mlcap.models.caption_encoder import CaptionEncoder
 from mlcap.models.image_encoders import ImageEncoder
+from mlcap.models.sentence_encoder import SentenceEncoder
 
 
 class FusionNet(nn.Module):
     """Concatenation fusion. Without a caption encoder it is the image-only model of the study's ablation.
+
+    A frozen `sentence_encoder` adds a projection of its caption embedding (computed by the data side, served as
+    `batch["sentence"]`) to the text side, beside the caption encoder or instead of it. The encoder is held
+    here only so that its weights travel with (and are counted in) the model.
 
     With `aux_heads` an image-only and a caption-only classifier sit beside the concatenation head, each
     trained with its own loss, and the prediction averages the three heads' probabilities (late fusion).
@@ -25,34 +30,50 @@ class FusionNet(nn.Module):
         batch_norm: bool = True,
         dropout: float = 0.2,
         aux_heads: bool = False,
+        sentence_encoder: SentenceEncoder | None = None,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.caption_encoder = caption_encoder
-        fused_dim = embed_dim * (2 if caption_encoder is not None else 1)
+        self.sentence_encoder = sentence_encoder
+        self.sentence_proj = None
+        text_dim = embed_dim if caption_encoder is not None else 0
+        if sentence_encoder is not None:
+            self.sentence_proj = nn.Sequential(nn.Linear(sentence_encoder.dim, embed_dim), nn.ReLU())
+            text_dim += embed_dim
+        self.has_text = text_dim > 0
+        fused_dim = embed_dim + text_dim
         self.norm = nn.BatchNorm1d(fused_dim) if batch_norm else nn.Identity()
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(fused_dim, num_labels))
         self.aux = None
-        if aux_heads and caption_encoder is not None:
+        if aux_heads and self.has_text:
             self.aux = nn.ModuleDict(
                 {
-                    name: nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, num_labels))
-                    for name in ("image", "caption")
+                    name: nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_labels))
+                    for name, dim in (("image", embed_dim), ("caption", text_dim))
                 }
             )
 
     def head_logits(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Logits of every head ("fusion", plus "image"/"caption" with aux heads), each trained on its own."""
-        if "features" in batch:
-            image = self.image_encoder.forward_features(batch["features"])
-        else:
-            image = self.image_encoder(batch["image"])
-        if self.caption_encoder is None:
-            return {"fusion": self.classifier(self.norm(image))}
-        caption = self.caption_encoder(batch["tokens"], batch["lengths"])
-        logits = {"fusion": self.classifier(self.norm(torch.cat([image, caption], dim=1)))}
+        image, label_logits = self.image_encoder.encode(
+            images=batch.get("image"), features=batch.get("features")
+        )
+        # Per-label attention logits (pooling=label_attention) are a residual on every head that sees the image.
+        extra = label_logits if label_logits is not None else 0.0
+        if not self.has_text:
+            return {"fusion": self.classifier(self.norm(image)) + extra}
+        text = []
+        if self.caption_encoder is not None:
+            text.append(self.caption_encoder(batch["tokens"], batch["lengths"]))
+        if self.sentence_proj is not None:
+            if "sentence" not in batch:
+                raise KeyError("model has a sentence encoder but the batch has no 'sentence' embeddings")
+            text.append(self.sentence_proj(batch["sentence"].float()))
+        caption = torch.cat(text, dim=1)
+        logits = {"fusion": self.classifier(self.norm(torch.cat([image, caption], dim=1))) + extra}
         if self.aux is not None:
-            logits["image"] = self.aux["image"](image)
+            logits["image"] = self.aux["image"](image) + extra
             logits["caption"] = self.aux["caption"](caption)
         return logits
 

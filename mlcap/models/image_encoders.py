@@ -122,11 +122,53 @@ def state_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def backbone_stages(name: str, module: nn.Module) -> list[nn.Module]:
+    """The backbone as consecutive stages whose composition gives its last spatial feature map.
+
+    Splitting here is what lets a frozen bottom be cached once while the top stages train on its output.
+    """
+    if name == "efficientnet_lite0":
+        return [
+            nn.Sequential(module.conv_stem, module.bn1),
+            *module.blocks,
+            nn.Sequential(module.conv_head, module.bn2),
+        ]
+    if name in ("resnext50", "resnet50"):
+        stem = nn.Sequential(module.conv1, module.bn1, module.relu, module.maxpool)
+        return [stem, module.layer1, module.layer2, module.layer3, module.layer4]
+    if name == "small_cnn":
+        layers = list(module.layers)[:-2]  # without the global pool and flatten
+        return [nn.Sequential(*layers[i : i + 4]) for i in range(0, len(layers), 4)]
+    raise ValueError(f"no stage split known for image encoder {name!r}")
+
+
+class LabelAttentionPooling(nn.Module):
+    """Per-label spatial attention: each label scores every position and pools its own evidence.
+
+    A one-head form of ML-Decoder's label queries (class-specific attention as in CSRA): small objects that a
+    global average washes out keep their own weight. Returns logits [batch, labels]. Written by hand because
+    neither timm nor torchvision ships a label-query pooling head.
+    """
+
+    def __init__(self, dim: int, num_labels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.query = nn.Linear(dim, num_labels)
+        self.value = nn.Linear(dim, num_labels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        weights = self.query(tokens).softmax(dim=1)  # [batch, positions, labels]
+        return (weights * self.value(self.dropout(tokens))).sum(dim=1)
+
+
 class ImageEncoder(nn.Module):
     """Backbone -> pooled features -> projection to the fusion embedding size.
 
-    With `freeze=True` the backbone never trains and stays in eval mode (batch-norm statistics included), which
-    is what lets the data side cache its features: `forward_features` then runs only the projection head.
+    With `freeze=True` the backbone's bottom never trains and stays in eval mode (batch-norm statistics
+    included), which is what lets the data side cache its output: `cached_forward` computes what is cached,
+    `forward_features` the rest. `trainable_blocks` > 0 trains the top stages (from their pretrained weights) on
+    the cached spatial map of the stage below; `pooling="label_attention"` keeps the map and adds per-label
+    attention logits beside the global average (`label_logits`).
     """
 
     def __init__(
@@ -136,6 +178,9 @@ class ImageEncoder(nn.Module):
         pretrained: bool = True,
         freeze: bool = True,
         dropout: float = 0.0,
+        trainable_blocks: int = 0,
+        pooling: str = "avg",
+        num_labels: int | None = None,
     ) -> None:
         super().__init__()
         backbone = build_backbone(name, pretrained)
@@ -147,24 +192,90 @@ class ImageEncoder(nn.Module):
         self.std = backbone.std
         self.weights_id = backbone.weights_id
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, embed_dim), nn.ReLU())
+        if pooling not in ("avg", "label_attention"):
+            raise ValueError(f"image_encoder.pooling must be avg or label_attention, got {pooling!r}")
+        self.pooling = pooling
+        self.label_pool: LabelAttentionPooling | None = None
+        if pooling == "label_attention":
+            if num_labels is None:
+                raise ValueError("image_encoder.pooling=label_attention needs num_labels")
+            self.label_pool = LabelAttentionPooling(self.feature_dim, num_labels, dropout)
+        stages = backbone_stages(name, self.backbone) if (trainable_blocks or self.label_pool) else []
+        if trainable_blocks and not freeze:
+            raise ValueError(
+                "image_encoder.trainable_blocks needs freeze=true (without it everything trains)"
+            )
+        if not 0 <= trainable_blocks < max(len(stages), 1):
+            raise ValueError(
+                f"image_encoder.trainable_blocks must be in [0, {len(stages) - 1}] for {name}, got {trainable_blocks}"
+            )
+        self.trainable_blocks = trainable_blocks
+        cut = len(stages) - trainable_blocks
+        # Plain lists, not submodules: the stages already live (and are saved) inside `self.backbone`.
+        self._bottom = stages[:cut]
+        self._top = stages[cut:]
         if freeze:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
+            for stage in self._top:
+                stage.requires_grad_(True)
+                stage.train()
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the cached output is a spatial map rather than a pooled vector."""
+        return bool(self._bottom)
 
     def train(self, mode: bool = True) -> ImageEncoder:
         super().train(mode)
         if self.freeze:
             self.backbone.eval()
+            for stage in self._top:
+                stage.train(mode)
         return self
 
+    def cached_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """What the feature cache stores: the frozen bottom's map, or the pooled vector of the whole backbone."""
+        if not self.spatial:
+            return self.backbone(images)
+        for stage in self._bottom:
+            images = stage(images)
+        return images
+
+    def cache_fingerprint(self) -> str:
+        """Identity of the cached output: the frozen tensors that produce it and where the backbone is cut."""
+        if not self.spatial:
+            return state_fingerprint(self.backbone)
+        frozen = nn.ModuleList(self._bottom)
+        return f"{state_fingerprint(frozen)}-map{len(self._bottom)}"
+
+    def _encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.spatial:
+            return self.head(features), None
+        for stage in self._top:
+            features = stage(features)
+        pooled = features.mean(dim=(2, 3))
+        label_logits = None
+        if self.label_pool is not None:
+            label_logits = self.label_pool(features.flatten(2).transpose(1, 2))
+        return self.head(pooled), label_logits
+
+    def encode(
+        self, images: torch.Tensor | None = None, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embedding [batch, embed_dim] and, with label attention, per-label logits, from images or cached features."""
+        if features is None:
+            assert images is not None
+            if self.freeze:
+                with torch.no_grad():
+                    features = self.cached_forward(images)
+            else:
+                features = self.cached_forward(images)
+        return self._encode(features.float())
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.freeze:
-            with torch.no_grad():
-                features = self.backbone(images)
-        else:
-            features = self.backbone(images)
-        return self.head(features)
+        return self.encode(images=images)[0]
 
     def forward_features(self, features: torch.Tensor) -> torch.Tensor:
         """Project precomputed (cached) backbone features."""
-        return self.head(features.float())
+        return self.encode(features=features)[0]

@@ -17,6 +17,7 @@ from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, 
 from mlcap.metrics import SamplesF1, decide_labels
 from mlcap.models.caption_encoder import CaptionEncoder
 from mlcap.models.fusion import FusionNet
+from mlcap.models.sentence_encoder import SentenceEncoder
 
 
 def _metric_collection(num_labels: int, prefix: str) -> MetricCollection:
@@ -69,9 +70,12 @@ class MultiLabelClassifier(pl.LightningModule):
         dropout: float = 0.2,
         lr: float = 3e-4,
         weight_decay: float = 0.0,
+        backbone_lr_scale: float = 1.0,
+        scheduler: str = "constant",
         threshold: float | Sequence[float] = 0.5,
         loss: str = "bce",
         aux_heads: bool = False,
+        sentence_encoder: str | None = None,
         tta: bool = False,
         pos_weight: Sequence[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
@@ -87,6 +91,8 @@ class MultiLabelClassifier(pl.LightningModule):
         encoder_cfg = dict(image_encoder)
         encoder_cfg["pretrained"] = bool(encoder_cfg.get("pretrained", True)) and load_pretrained
         encoder_cfg["embed_dim"] = embed_dim
+        if encoder_cfg.get("pooling", "avg") == "label_attention":
+            encoder_cfg["num_labels"] = len(self.label_ids)
         caption_encoder = (
             CaptionEncoder(
                 vocab_size=len(vocab_tokens),
@@ -110,6 +116,7 @@ class MultiLabelClassifier(pl.LightningModule):
             batch_norm=batch_norm,
             dropout=dropout,
             aux_heads=aux_heads,
+            sentence_encoder=SentenceEncoder(sentence_encoder) if sentence_encoder else None,
         )
         self.loss_fn = build_loss(loss, pos_weight)
         self.val_metrics = _metric_collection(len(self.label_ids), prefix="val/")
@@ -149,9 +156,36 @@ class MultiLabelClassifier(pl.LightningModule):
         """Probabilities; thresholding belongs to the caller, which may calibrate it."""
         return torch.sigmoid(self(batch))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
+    def configure_optimizers(self) -> Any:
+        """Adam; pretrained backbone stages that train get `backbone_lr_scale` x lr.
+
+        `scheduler=onecycle` warms up for 10% of the steps then anneals (cosine) to zero by `max_epochs`, which
+        suits a fixed epoch budget; `constant` is the study's.
+        """
+        lr = self.hparams["lr"]
+        backbone = {id(p) for p in self.net.image_encoder.backbone.parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in trainable if id(p) not in backbone], "lr": lr},
+            {
+                "params": [p for p in trainable if id(p) in backbone],
+                "lr": lr * self.hparams["backbone_lr_scale"],
+            },
+        ]
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=self.hparams["weight_decay"])
+        name = self.hparams["scheduler"]
+        if name == "constant":
+            return optimizer
+        if name != "onecycle":
+            raise ValueError(f"model.scheduler must be constant or onecycle, got {name!r}")
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in groups],
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            pct_start=0.1,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 @torch.inference_mode()
