@@ -75,10 +75,12 @@ def format_value(key: str, value: Any) -> str:
         text = repr(value)
     elif isinstance(value, str):
         text = value
+    elif isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value):
+        text = "[" + ",".join(format_value(key, v) for v in value) + "]"  # e.g. data.image_size=[224,320]
     else:
         raise ValueError(
-            f"sweep point {key}={value!r}: values must be numbers, strings, booleans or null "
-            f"(got {type(value).__name__}); write lists and mappings as separate keys"
+            f"sweep point {key}={value!r}: values must be numbers, strings, booleans, null or lists of "
+            f"numbers (got {type(value).__name__}); write mappings as separate keys"
         )
     parser = OverridesParser.create()
     try:

@@ -120,8 +120,11 @@ def test_points_are_deduplicated_and_values_formatted_as_overrides() -> None:
     assert format_value("model.word_vectors", "word2vec_sg") == "word2vec_sg"
     assert format_value("name", "a,b") == "'a,b'"  # would otherwise be a sweep list
     assert format_value("name", "true") == "'true'"  # would otherwise be a bool
+    assert format_value("data.image_size", [224, 320]) == "[224,320]"
     with pytest.raises(ValueError, match="values must be"):
-        format_value("x", [1, 2])
+        format_value("x", {"a": 1})
+    with pytest.raises(ValueError, match="values must be"):
+        format_value("x", ["a", "b"])
 
 
 def test_job_names_are_safe_folder_names() -> None:

@@ -155,6 +155,36 @@ def test_experiment_paper_is_the_study_setup() -> None:
     assert cfg.model.word_vectors == "fasttext_sg"
 
 
+def test_experiment_best_trains_and_predicts_on_data_in_the_comp5329_layout(
+    tiny_demo: Path, tmp_path: Path
+) -> None:
+    """`experiment=best` end to end, as the README runs it, on the demo files (same layout as COMP5329)."""
+    overrides = [
+        "experiment=best",
+        f"data.root={tiny_demo}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "trainer.max_epochs=2",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+    cfg = _compose("train", overrides, tmp_path / "run")
+    assert cfg.model.sentence_encoder == "minilm" and cfg.threshold_calibration == "global"
+    metrics = train(cfg)
+    assert isinstance(metrics["threshold"], float)
+    # Lite0 (13.4 MB) + MiniLM in half precision (45.4 MB) + heads, all counted; under the study's limit.
+    assert 60 < metrics["model_size_mb"] < 70 and metrics["under_100mb"]
+    overrides = [
+        f"ckpt_path={metrics['checkpoint']}",
+        f"output={tmp_path / 'submission.csv'}",
+        f"labels_csv={tiny_demo}/test_labels.csv",
+    ]
+    result = predict(_compose("predict", overrides, tmp_path / "predict"))
+    assert result["rows"] == TINY_DEMO["n_test"] and 0.0 < result["samples_f1"] <= 1.0
+
+
 def _broken_copy(tiny_demo: Path, tmp_path: Path) -> Path:
     root = tmp_path / "broken"
     shutil.copytree(tiny_demo, root)

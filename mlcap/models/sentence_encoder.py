@@ -45,7 +45,12 @@ class SentenceEncoder(nn.Module):
         self.model = SentenceTransformer(str(get_model_path()), device="cpu").half()
         self.model.requires_grad_(False)
         self.model.eval()
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        # sentence-transformers renamed the method in v5; keep working with the older name too.
+        dimension = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
+        self.dim = int(dimension())
 
     def train(self, mode: bool = True) -> SentenceEncoder:
         super().train(mode)
