@@ -31,6 +31,19 @@ def _compose(config: str, overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+def _predict_scored(checkpoint: str, tiny_demo: Path, tmp_path: Path, *extra: str) -> dict:
+    """predict.py from a checkpoint alone on the demo test rows, scored against their labels."""
+    overrides = [
+        f"ckpt_path={checkpoint}",
+        f"output={tmp_path / 'submission.csv'}",
+        f"labels_csv={tiny_demo}/test_labels.csv",
+        *extra,
+    ]
+    result = predict(_compose("predict", overrides, tmp_path / "predict"))
+    assert result["rows"] == TINY_DEMO["n_test"] and 0.0 < result["samples_f1"] <= 1.0
+    return result
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One short real training run of the default model (frozen offline encoder, cached features)."""
@@ -88,14 +101,8 @@ def test_predict_round_trip_from_checkpoint_alone(
     trained_run: tuple[Path, dict], tiny_demo: Path, tmp_path: Path
 ) -> None:
     _, metrics = trained_run
-    output = tmp_path / "submission.csv"
-    overrides = [
-        f"ckpt_path={metrics['checkpoint']}",
-        f"output={output}",
-        f"labels_csv={tiny_demo}/test_labels.csv",
-    ]
-    result = predict(_compose("predict", overrides, tmp_path / "predict"))
-    submission = pd.read_csv(output, dtype=str, keep_default_na=False)
+    result = _predict_scored(metrics["checkpoint"], tiny_demo, tmp_path)
+    submission = pd.read_csv(result["submission"], dtype=str, keep_default_na=False)
     expected_ids = list(read_captions_csv(tiny_demo / "test.csv")["image_id"])
     assert list(submission.columns) == ["ImageID", "Labels"]
     assert list(submission["ImageID"]) == expected_ids
@@ -176,13 +183,7 @@ def test_experiment_best_trains_and_predicts_on_data_in_the_comp5329_layout(
     assert isinstance(metrics["threshold"], float)
     # Lite0 (13.4 MB) + MiniLM in half precision (45.4 MB) + heads, all counted; under the study's limit.
     assert 60 < metrics["model_size_mb"] < 70 and metrics["under_100mb"]
-    overrides = [
-        f"ckpt_path={metrics['checkpoint']}",
-        f"output={tmp_path / 'submission.csv'}",
-        f"labels_csv={tiny_demo}/test_labels.csv",
-    ]
-    result = predict(_compose("predict", overrides, tmp_path / "predict"))
-    assert result["rows"] == TINY_DEMO["n_test"] and 0.0 < result["samples_f1"] <= 1.0
+    _predict_scored(metrics["checkpoint"], tiny_demo, tmp_path)
 
 
 def _broken_copy(tiny_demo: Path, tmp_path: Path) -> Path:
@@ -267,11 +268,7 @@ def test_predict_with_test_time_flips(
     trained_run: tuple[Path, dict], tiny_demo: Path, tmp_path: Path
 ) -> None:
     _, metrics = trained_run
-    overrides = [f"ckpt_path={metrics['checkpoint']}", f"output={tmp_path / 'tta.csv'}", "tta=true"]
-    result = predict(
-        _compose("predict", [*overrides, f"labels_csv={tiny_demo}/test_labels.csv"], tmp_path / "p")
-    )
-    assert result["rows"] == TINY_DEMO["n_test"] and 0.0 < result["samples_f1"] <= 1.0
+    _predict_scored(metrics["checkpoint"], tiny_demo, tmp_path, "tta=true")
 
 
 def test_checkpoint_backbone_has_the_training_fingerprint(trained_run: tuple[Path, dict]) -> None:
@@ -303,10 +300,4 @@ def test_partial_fine_tuning_on_cached_maps_trains_and_predicts(tiny_demo: Path,
     assert len(maps) == 1
     # [images, views, channels, height, width]: the input of Lite0's conv_head at 32x48 is 320 x 1 x 2.
     assert np.load(maps[0]).shape[1:] == (2, 320, 1, 2)
-    overrides = [
-        f"ckpt_path={metrics['checkpoint']}",
-        f"output={tmp_path / 'submission.csv'}",
-        f"labels_csv={tiny_demo}/test_labels.csv",
-    ]
-    result = predict(_compose("predict", overrides, tmp_path / "predict"))
-    assert result["rows"] == TINY_DEMO["n_test"] and 0.0 < result["samples_f1"] <= 1.0
+    _predict_scored(metrics["checkpoint"], tiny_demo, tmp_path)
