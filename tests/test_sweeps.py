@@ -57,6 +57,24 @@ def test_one_at_a_time_runs_each_distinct_point_once() -> None:
     assert one_at_a_time({"new": [1, 1]}, {}) == [{}, {"new": 1}]
 
 
+@pytest.mark.parametrize("sweep", sorted(path.stem for path in (CONF / "sweep").glob("*.yaml")))
+def test_every_sweep_point_composes_to_a_valid_training_config(sweep: str) -> None:
+    """A typo in a point's key or value must fail here, not hours into a sweep."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        config = compose("train", overrides=[f"sweep={sweep}"], return_hydra_config=True)
+        sweeper = config.hydra.sweeper
+        points = sweep_points(
+            OmegaConf.to_container(sweeper.points) if sweeper.get("points") else None,
+            OmegaConf.to_container(sweeper.axes) if sweeper.get("axes") else None,
+            {},
+        )
+        for job in expand_sweep(cli(f"sweep={sweep}"), points):
+            cfg = compose("train", overrides=[*job.overrides, "data=comp5329", "data.root=/somewhere"])
+            for override in job.overrides[1:]:
+                key, value = override.split("=", 1)
+                assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", (sweep, override)
+
+
 def test_table_configs_expand_to_the_study_tables() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         table4 = compose("train", overrides=["sweep=table4"], return_hydra_config=True)

@@ -63,6 +63,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         val_fraction: float = 0.2,
         split_seed: int = 0,
+        train_rows: int | None = None,
         max_len: int = 32,
         image_size: int | Sequence[int] = 224,
         num_workers: int = 2,
@@ -83,6 +84,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.train_rows = train_rows
         self.max_len = max_len
         self.image_size = image_hw(image_size)
         self.num_workers = num_workers
@@ -127,6 +129,10 @@ class CaptionImageDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate") and "train" not in self.tables:
             table = self._read(self.train_csv, labelled=True)
             train_idx, val_idx = split_indices(len(table), self.val_fraction, self.split_seed)
+            if self.train_rows is not None:
+                train_idx, unused_idx = self._subsample(train_idx)
+                # Kept so the feature cache still covers the whole CSV: a learning curve reuses one cache.
+                self.tables["unused"] = table.iloc[unused_idx].reset_index(drop=True)
             self.tables["train"] = table.iloc[train_idx].reset_index(drop=True)
             self.tables["val"] = table.iloc[val_idx].reset_index(drop=True)
             if self.vocab is None:
@@ -143,6 +149,17 @@ class CaptionImageDataModule(pl.LightningDataModule):
                 raise ValueError("predicting needs the training vocabulary (it is stored in the checkpoint)")
             self.tables["predict"] = self._read(self.predict_csv, labelled=False)
 
+    def _subsample(self, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded subset of `train_rows` training rows (learning curves); validation rows are unchanged."""
+        assert self.train_rows is not None
+        if not 1 <= self.train_rows <= len(train_idx):
+            raise ValueError(
+                f"data.train_rows={self.train_rows}, but the split has {len(train_idx)} training rows; "
+                f"use 1..{len(train_idx)} or null for all"
+            )
+        order = np.random.default_rng(self.split_seed).permutation(train_idx)
+        return np.sort(order[: self.train_rows]), np.sort(order[self.train_rows :])
+
     @property
     def train_token_lists(self) -> list[list[str]]:
         """Preprocessed train-split captions, for training word vectors on train data only."""
@@ -153,7 +170,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.encoder = encoder
 
     def attach_sentence_encoder(self, encoder: SentenceEncoder | None) -> None:
-        """A frozen sentence encoder: every caption is embedded once (cached) and served with its row."""
+        """A sentence encoder whose frozen part runs once per caption (cached); its output is served with the row."""
         self.sentence_encoder = encoder
 
     def _sentence_embeddings(self, split: str) -> torch.Tensor:
@@ -163,11 +180,11 @@ class CaptionImageDataModule(pl.LightningDataModule):
             captions = list(self.tables[split]["caption"])
             if self.use_cache:
                 array = self.cache.load_or_create_texts(
-                    encoder.fingerprint(), captions, lambda: encoder.embed(captions).numpy()
+                    encoder.fingerprint(), captions, lambda: encoder.cached_input(captions).numpy()
                 )[:, 0]
                 self._sentences[split] = torch.from_numpy(np.asarray(array))
             else:
-                self._sentences[split] = encoder.embed(captions)
+                self._sentences[split] = encoder.cached_input(captions)
         return self._sentences[split]
 
     @property
@@ -180,7 +197,11 @@ class CaptionImageDataModule(pl.LightningDataModule):
             return self._features[split]
         assert self.encoder is not None
         source = "predict" if split == "predict" else "train"
-        tables = [self.tables[source]] if source == "predict" else [self.tables["train"], self.tables["val"]]
+        tables = (
+            [self.tables["predict"]] if source == "predict" else [self.tables["train"], self.tables["val"]]
+        )
+        if source == "train" and "unused" in self.tables:
+            tables.append(self.tables["unused"])
         paths = [p for t in tables for p in t["path"]]
         spec = ExtractionSpec(
             encoder=self.encoder.name,
@@ -218,8 +239,9 @@ class CaptionImageDataModule(pl.LightningDataModule):
         if source == "predict":
             self._features["predict"] = features
         else:
-            n_train = len(self.tables["train"])
-            self._features["train"], self._features["val"] = features[:n_train], features[n_train:]
+            n_train, n_val = len(self.tables["train"]), len(self.tables["val"])
+            self._features["train"] = features[:n_train]
+            self._features["val"] = features[n_train : n_train + n_val]
         return self._features[split]
 
     # ------------------------------------------------------------- dataloaders

@@ -13,9 +13,9 @@ from mlcap.models.sentence_encoder import SentenceEncoder
 class FusionNet(nn.Module):
     """Concatenation fusion. Without a caption encoder it is the image-only model of the study's ablation.
 
-    A frozen `sentence_encoder` adds a projection of its caption embedding (computed by the data side, served as
-    `batch["sentence"]`) to the text side, beside the caption encoder or instead of it. The encoder is held
-    here only so that its weights travel with (and are counted in) the model.
+    A `sentence_encoder` adds a projection of its caption embedding to the text side, beside the caption encoder
+    or instead of it. Its frozen part runs on the data side (served as `batch["sentence"]`); here run only the
+    layers that fine-tune, if any, and the weights travel with (and are counted in) the model.
 
     With `aux_heads` an image-only and a caption-only classifier sit beside the concatenation head, each
     trained with its own loss, and the prediction averages the three heads' probabilities (late fusion).
@@ -69,7 +69,8 @@ class FusionNet(nn.Module):
         if self.sentence_proj is not None:
             if "sentence" not in batch:
                 raise KeyError("model has a sentence encoder but the batch has no 'sentence' embeddings")
-            text.append(self.sentence_proj(batch["sentence"].float()))
+            assert self.sentence_encoder is not None
+            text.append(self.sentence_proj(self.sentence_encoder.encode(batch["sentence"])))
         caption = torch.cat(text, dim=1)
         logits = {"fusion": self.classifier(self.norm(torch.cat([image, caption], dim=1))) + extra}
         if self.aux is not None:

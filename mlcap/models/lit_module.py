@@ -76,6 +76,8 @@ class MultiLabelClassifier(pl.LightningModule):
         loss: str = "bce",
         aux_heads: bool = False,
         sentence_encoder: str | None = None,
+        sentence_trainable_layers: int = 0,
+        sentence_lr_scale: float = 1.0,
         tta: bool = False,
         pos_weight: Sequence[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
@@ -116,7 +118,11 @@ class MultiLabelClassifier(pl.LightningModule):
             batch_norm=batch_norm,
             dropout=dropout,
             aux_heads=aux_heads,
-            sentence_encoder=SentenceEncoder(sentence_encoder) if sentence_encoder else None,
+            sentence_encoder=(
+                SentenceEncoder(sentence_encoder, trainable_layers=sentence_trainable_layers)
+                if sentence_encoder
+                else None
+            ),
         )
         self.loss_fn = build_loss(loss, pos_weight)
         self.val_metrics = _metric_collection(len(self.label_ids), prefix="val/")
@@ -157,21 +163,25 @@ class MultiLabelClassifier(pl.LightningModule):
         return torch.sigmoid(self(batch))
 
     def configure_optimizers(self) -> Any:
-        """Adam; pretrained backbone stages that train get `backbone_lr_scale` x lr.
+        """Adam; pretrained image-backbone stages that train get `backbone_lr_scale` x lr, pretrained sentence
+        encoder layers `sentence_lr_scale` x lr (transformers fine-tune at a far smaller rate than new heads).
 
         `scheduler=onecycle` warms up for 10% of the steps then anneals (cosine) to zero by `max_epochs`, which
         suits a fixed epoch budget; `constant` is the study's.
         """
         lr = self.hparams["lr"]
-        backbone = {id(p) for p in self.net.image_encoder.backbone.parameters()}
+        scales = {
+            id(p): self.hparams["backbone_lr_scale"] for p in self.net.image_encoder.backbone.parameters()
+        }
+        if self.net.sentence_encoder is not None:
+            scales |= {
+                id(p): self.hparams["sentence_lr_scale"] for p in self.net.sentence_encoder.parameters()
+            }
         trainable = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in trainable if id(p) not in backbone], "lr": lr},
-            {
-                "params": [p for p in trainable if id(p) in backbone],
-                "lr": lr * self.hparams["backbone_lr_scale"],
-            },
-        ]
+        groups = [{"params": [p for p in trainable if id(p) not in scales], "lr": lr}]
+        for scale in sorted(set(scales.values())):
+            group = [p for p in trainable if scales.get(id(p)) == scale]
+            groups.append({"params": group, "lr": lr * scale})
         groups = [g for g in groups if g["params"]]
         optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=self.hparams["weight_decay"])
         name = self.hparams["scheduler"]
