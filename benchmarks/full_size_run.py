@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from omegaconf import OmegaConf  # noqa: E402
+
 from mlcap.data.comp5329 import read_captions_csv  # noqa: E402
 
 
@@ -64,7 +66,8 @@ def main() -> None:
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - start
         metrics = json.loads((work / "run" / "metrics.json").read_text())
-    train_rows = round(args.rows * (1 - 0.2))
+        val_fraction = OmegaConf.load(work / "run" / "config_resolved.yaml").data.val_fraction
+    train_rows = args.rows - max(1, round(args.rows * val_fraction))  # as split_indices splits
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores")
     print(
         f"experiment=best on {args.rows} rows ({train_rows} train), cold cache, overrides {overrides or 'none'}"

