@@ -122,6 +122,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     datamodule.attach_image_encoder(model.net.image_encoder)
     datamodule.attach_sentence_encoder(model.net.sentence_encoder)
+    log.info(
+        "model size as stored for inference: %.1f MB (the limit is %.0f MB; Lightning's summary below assumes "
+        "4 bytes for every parameter, half-precision frozen weights included)",
+        inference_size_bytes(model.net) / 1e6,
+        SIZE_LIMIT_MB,
+    )
 
     callbacks: list[Callback] = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
     history = EpochHistory()
@@ -143,8 +149,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     probs = predict_probabilities(
         best, datamodule.view_dataloaders("val") if tta else datamodule.val_dataloader()
     )
-    target = datamodule.dataset("val", train=False).labels
-    assert target is not None
+    target = datamodule.labels("val")
     uncalibrated_f1 = float(samples_f1(decide_labels(probs, best.threshold).int(), target.int()))
     flip_tta_f1 = None  # what test-time flips would give (uncalibrated), measured whenever views are cached
     if datamodule.serves_features and datamodule.cache_views > 1:
@@ -210,8 +215,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def positive_weights(datamodule: CaptionImageDataModule, cap: float = 50.0) -> list[float]:
     """negatives / positives per label on the train split (capped; labels never seen get the cap)."""
-    labels = datamodule.dataset("train", train=False).labels
-    assert labels is not None
+    labels = datamodule.labels("train")
     positives = labels.sum(0)
     weights = ((len(labels) - positives) / positives.clamp(min=1)).clamp(max=cap)
     return [round(float(w), 4) for w in weights]

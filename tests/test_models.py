@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import urllib.error
 
 import pytest
@@ -190,14 +191,30 @@ def test_sentence_encoder_fine_tunes_its_top_layers_on_cached_token_states() -> 
     encoder.eval()
     with torch.no_grad():
         torch.testing.assert_close(encoder.encode(cached), encoder.embed(captions).float(), atol=2e-3, rtol=0)
-    fingerprint = encoder.fingerprint()
-    assert fingerprint != SentenceEncoder("minilm").fingerprint()
-    assert fingerprint != SentenceEncoder("minilm", trainable_layers=3, max_tokens=24).fingerprint()
+    fingerprint = encoder.cache_fingerprint()
+    assert fingerprint != SentenceEncoder("minilm").cache_fingerprint()
+    assert fingerprint != SentenceEncoder("minilm", trainable_layers=3, max_tokens=24).cache_fingerprint()
     encoder.train()
     encoder.encode(cached).sum().backward()
     assert all(p.grad is not None for layer in encoder.top_layers for p in layer.parameters())
     with torch.no_grad():  # training the top layers must not change the identity of the cached states
         next(iter(encoder.top_layers[0].parameters())).add_(1.0)
-    assert encoder.fingerprint() == fingerprint
+    assert encoder.cache_fingerprint() == fingerprint
     with pytest.raises(ValueError, match="sentence_trainable_layers"):
         SentenceEncoder("minilm", trainable_layers=7)
+
+
+def test_sentence_encoder_warns_when_captions_are_truncated(caplog: pytest.LogCaptureFixture) -> None:
+    from mlcap.models.sentence_encoder import SentenceEncoder
+
+    encoder = SentenceEncoder("minilm", trainable_layers=1, max_tokens=8)
+    long = "a man riding a horse down a busy street past parked cars and a bus"
+    with caplog.at_level(logging.WARNING, logger="mlcap.models.sentence_encoder"):
+        cached = encoder.cached_input(["a cat", long])
+    assert cached.shape == (2, 8, 384)
+    assert "1 of 2 captions have more than 8 WordPiece tokens" in caplog.text
+    assert "model.sentence_max_tokens" in caplog.text and "a man riding" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mlcap.models.sentence_encoder"):
+        SentenceEncoder("minilm", trainable_layers=1, max_tokens=32).cached_input(["a cat", long])
+    assert "truncated" not in caplog.text

@@ -141,6 +141,7 @@ def test_calibrated_thresholds_are_stored_in_the_checkpoint(trained_run: tuple[P
             "model.sentence_encoder=minilm",
             "model.sentence_trainable_layers=1",
             "model.sentence_lr_scale=0.1",
+            "model.sentence_max_tokens=16",
             "model.scheduler=onecycle",
         ],
         ["model/image_encoder=small_cnn"],  # trainable backbone: images decoded every step, no cache

@@ -180,7 +180,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
             captions = list(self.tables[split]["caption"])
             if self.use_cache:
                 array = self.cache.load_or_create_texts(
-                    encoder.fingerprint(), captions, lambda: encoder.cached_input(captions).numpy()
+                    encoder.cache_fingerprint(), captions, lambda: encoder.cached_input(captions).numpy()
                 )[:, 0]
                 self._sentences[split] = torch.from_numpy(np.asarray(array))
             else:
@@ -243,6 +243,13 @@ class CaptionImageDataModule(pl.LightningDataModule):
         return self._features[split]
 
     # ------------------------------------------------------------- dataloaders
+    def labels(self, split: str) -> torch.Tensor:
+        """Multi-hot targets [rows, labels] of a labelled split, without building its dataset."""
+        table = self.tables[split]
+        if "labels" not in table:
+            raise ValueError(f"the {split!r} split has no labels")
+        return multi_hot(table["labels"], self.label_ids)
+
     def dataset(self, split: str, train: bool, view: int = 0) -> CaptionRows:
         table = self.tables[split]
         assert self.vocab is not None

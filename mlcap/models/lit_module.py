@@ -78,6 +78,7 @@ class MultiLabelClassifier(pl.LightningModule):
         sentence_encoder: str | None = None,
         sentence_trainable_layers: int = 0,
         sentence_lr_scale: float = 1.0,
+        sentence_max_tokens: int = 48,
         tta: bool = False,
         pos_weight: Sequence[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
@@ -119,7 +120,11 @@ class MultiLabelClassifier(pl.LightningModule):
             dropout=dropout,
             aux_heads=aux_heads,
             sentence_encoder=(
-                SentenceEncoder(sentence_encoder, trainable_layers=sentence_trainable_layers)
+                SentenceEncoder(
+                    sentence_encoder,
+                    trainable_layers=sentence_trainable_layers,
+                    max_tokens=sentence_max_tokens,
+                )
                 if sentence_encoder
                 else None
             ),

@@ -86,7 +86,7 @@ class SentenceEncoder(nn.Module):
             layer.train(mode)
         return self
 
-    def fingerprint(self) -> str:
+    def cache_fingerprint(self) -> str:
         """Identity of what the data side caches: the frozen tensors and, when layers train, where the model is cut."""
         if not self.trainable_layers:
             return f"{self.name}-{state_fingerprint(self.model)}"
@@ -100,6 +100,7 @@ class SentenceEncoder(nn.Module):
         (which is how `encode` finds the mask again)."""
         if not self.trainable_layers:
             return self.embed(captions, batch_size)
+        self._warn_truncated(captions)
         bert = self._fp32_copy()[0].auto_model
         device = next(bert.parameters()).device
         chunks = []
@@ -110,6 +111,21 @@ class SentenceEncoder(nn.Module):
                 states = _run_layers(bert.encoder.layer[: self.cut], states, mask)
                 chunks.append((states * mask[..., None]).to(torch.float16).cpu())
         return torch.cat(chunks)
+
+    def _warn_truncated(self, captions: Sequence[str]) -> None:
+        """Say how many captions lose tokens to `max_tokens` (their tail is dropped, never the row)."""
+        lengths = [len(ids) for ids in self.model.tokenizer(list(captions))["input_ids"]]
+        long = [i for i, n in enumerate(lengths) if n > self.max_tokens]
+        if long:
+            log.warning(
+                "%d of %d captions have more than %d WordPiece tokens (longest %d) and are truncated, e.g. %r; "
+                "raise model.sentence_max_tokens to keep them whole",
+                len(long),
+                len(captions),
+                self.max_tokens,
+                max(lengths),
+                captions[long[0]][:80],
+            )
 
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask [captions, max_tokens] (WordPiece, truncated and padded to `max_tokens`)."""
