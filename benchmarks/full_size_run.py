@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 from omegaconf import OmegaConf  # noqa: E402
 
 from mlcap.data.comp5329 import read_captions_csv  # noqa: E402
+from mlcap.data.datamodule import split_indices  # noqa: E402
 
 
 def build_stand_in(sample: Path, rows: int, target: Path) -> None:
@@ -67,7 +68,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         metrics = json.loads((work / "run" / "metrics.json").read_text())
         val_fraction = OmegaConf.load(work / "run" / "config_resolved.yaml").data.val_fraction
-    train_rows = args.rows - max(1, round(args.rows * val_fraction))  # as split_indices splits
+    train_rows = len(split_indices(args.rows, val_fraction, seed=0)[0])
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores")
     print(
         f"experiment=best on {args.rows} rows ({train_rows} train), cold cache, overrides {overrides or 'none'}"

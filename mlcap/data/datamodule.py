@@ -254,7 +254,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         table = self.tables[split]
         assert self.vocab is not None
         tokens, lengths = self.vocab.encode_batch(list(table["tokens"]), self.max_len)
-        labels = multi_hot(table["labels"], self.label_ids) if "labels" in table else None
+        labels = self.labels(split) if "labels" in table else None
         sentences = self._sentence_embeddings(split) if self.sentence_encoder is not None else None
         if self.serves_features:
             features = self._all_features(split)
