@@ -6,3 +6,10 @@ import os
 # (a DataLoader worker, a parallel sweep job) shares the cores; passive waiting costs little for large ops.
 # Only effective before torch is first imported; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from omegaconf import OmegaConf  # noqa: E402  (after the environment setting above, which must come first)
+
+# `${pid:}` in conf/hydra/default.yaml: run folders unique among the processes alive at the same second.
+# Cached, so a sweep's jobs (which copy the sweep config's resolver cache) see the sweep process's id.
+if not OmegaConf.has_resolver("pid"):
+    OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)

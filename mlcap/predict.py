@@ -12,16 +12,19 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule, multi_hot
 from mlcap.data.text import Vocabulary
+from mlcap.inference import probabilities
 from mlcap.metrics import decide_labels, samples_f1
-from mlcap.models.lit_module import MultiLabelClassifier, predict_probabilities
+from mlcap.models.lit_module import MultiLabelClassifier
+from mlcap.runs import latest_finished_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(ckpt_path: str, search_root: str | Path = "outputs") -> Path:
-    """A checkpoint path, or `latest`: the newest best.ckpt under outputs/ (single runs)."""
+    """A checkpoint path, or `latest`: the newest best.ckpt of a finished run under outputs/ (single runs)."""
     if ckpt_path != "latest":
         path = Path(ckpt_path).expanduser()
         if not path.is_file():
@@ -29,12 +32,13 @@ def resolve_checkpoint(ckpt_path: str, search_root: str | Path = "outputs") -> P
                 f"checkpoint {path} does not exist; pass ckpt_path=<run>/checkpoints/best.ckpt"
             )
         return path
-    found = sorted(Path(search_root).glob("**/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
+    found = latest_finished_checkpoint(Path(search_root))
+    if found is None:
         raise FileNotFoundError(
-            f"no checkpoints/best.ckpt under {Path(search_root).resolve()}; train first or pass ckpt_path=..."
+            f"no finished run (checkpoints/best.ckpt beside metrics.json) under {Path(search_root).resolve()}; "
+            "train first or pass ckpt_path=..."
         )
-    return found[-1]
+    return found
 
 
 def read_label_file(path: str | Path, label_ids: list[int]) -> pd.DataFrame:
@@ -51,6 +55,7 @@ def read_label_file(path: str | Path, label_ids: list[int]) -> pd.DataFrame:
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Write the submission CSV (one row per input row, input order) and return where it went (+ F1 if scored)."""
+    quiet_libraries()
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     device = "cuda" if torch.cuda.is_available() and cfg.get("accelerator", "auto") != "cpu" else "cpu"
     model = MultiLabelClassifier.load_from_checkpoint(ckpt, load_pretrained=False, map_location=device)
@@ -76,7 +81,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     datamodule.attach_image_encoder(model.net.image_encoder)
     datamodule.attach_sentence_encoder(model.net.sentence_encoder)
     loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
-    probs = predict_probabilities(model, loaders)
+    probs = probabilities(model, loaders, accelerator=device)
     preds = decide_labels(probs, model.threshold).bool().numpy()
     label_ids = np.asarray(model.label_ids)
     table = datamodule.tables["predict"]

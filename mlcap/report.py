@@ -2,7 +2,7 @@
 
 Reads every job folder under the sweep folder (`.hydra/config.yaml`, `.hydra/overrides.yaml`, and
 `metrics.json` or `failed.json`; neither means unfinished), plus the sweeper's `sweep_plan.json` for jobs
-that never started or were refused. Writes into the sweep folder:
+that never started. Writes into the sweep folder:
 
 * `report.md`: one row per distinct setting (the config keys that differ between jobs, seed excluded) with
   train loss, val loss and val samples-F1 as mean ± std over seeds, the model size against the 100 MB limit
@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import re
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mlcap.sweep import PLAN_FILE
+from mlcap.runs import FAILED_FILE, LAST_CHECKPOINT, METRICS_FILE, PLAN_FILE, write_atomic
 
 __all__ = [
     "JobRecord",
@@ -50,13 +49,7 @@ log = logging.getLogger(__name__)
 SIZE_LIMIT_MB = 100.0
 METRICS = ("train_loss", "val_loss", "val_samples_f1")
 METRIC_TITLES = {"train_loss": "train loss", "val_loss": "val loss", "val_samples_f1": "val samples-F1"}
-FINISHED, FAILED, UNFINISHED, NOT_STARTED, REFUSED = (
-    "finished",
-    "failed",
-    "unfinished",
-    "not started",
-    "refused",
-)
+FINISHED, FAILED, UNFINISHED, NOT_STARTED = "finished", "failed", "unfinished", "not started"
 _SEED_KEY = "seed"
 _ABSENT = "<absent>"
 
@@ -121,22 +114,22 @@ def _load_job(job_dir: Path, sweep_dir: Path) -> JobRecord:
         config=_flatten(config),
         path=job_dir,
     )
-    if (job_dir / "metrics.json").is_file():
+    if (job_dir / METRICS_FILE).is_file():
         record.status = FINISHED
-        record.metrics = _read_json(job_dir / "metrics.json")
-    elif (job_dir / "failed.json").is_file():
+        record.metrics = _read_json(job_dir / METRICS_FILE)
+    elif (job_dir / FAILED_FILE).is_file():
         record.status = FAILED
-        failure = _read_json(job_dir / "failed.json")
+        failure = _read_json(job_dir / FAILED_FILE)
         record.error = str(failure.get("error", "unknown error (no 'error' in failed.json)"))
     else:
-        resumable = (job_dir / "checkpoints" / "last.ckpt").is_file()
+        resumable = (job_dir / LAST_CHECKPOINT).is_file()
         checkpoint = "resumes from checkpoints/last.ckpt" if resumable else "no checkpoint yet"
         record.error = f"interrupted or running; {checkpoint}"
     return record
 
 
 def load_jobs(sweep_dir: str | Path) -> list[JobRecord]:
-    """Every job under `sweep_dir`, in sweep order; jobs only in the sweep plan are 'not started'/'refused'."""
+    """Every job under `sweep_dir`, in sweep order; jobs only in the sweep plan are 'not started'."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir} is not a folder; pass the sweep folder (e.g. multirun/table1)")
@@ -148,18 +141,14 @@ def load_jobs(sweep_dir: str | Path) -> list[JobRecord]:
         isinstance(e, dict) and {"name", "overrides"} <= e.keys() for e in plan
     ):
         raise ValueError(
-            f"{plan_path}: 'jobs' must be a list of {{name, overrides, status}} entries as the mlcap sweeper "
+            f"{plan_path}: 'jobs' must be a list of {{name, overrides}} entries as the mlcap sweeper "
             "writes them; delete the file to report only the job folders"
         )
     plan_order: dict[str, int] = {}
     for i, entry in enumerate(plan):
         plan_order.setdefault(entry["name"], i)
     for entry in plan:
-        if entry.get("status") == "conflict":
-            jobs[f"{entry['name']} (refused)"] = JobRecord(
-                name=entry["name"], status=REFUSED, overrides=entry["overrides"], error=entry.get("error", "")
-            )
-        elif entry["name"] not in jobs:
+        if entry["name"] not in jobs:
             jobs[entry["name"]] = JobRecord(
                 name=entry["name"], status=NOT_STARTED, overrides=entry["overrides"]
             )
@@ -425,17 +414,17 @@ def write_report(sweep_dir: str | Path, layout: str = "auto") -> Path:
     keys = varied_keys(jobs)
     keys = [k for k in axes if k in keys] + [k for k in keys if k not in axes]  # the sweep's axis order
     frame = jobs_frame(jobs, keys)
-    frame.drop(columns=["setting"]).to_csv(sweep_dir / "jobs.csv", index=False)
+    write_atomic(sweep_dir / "jobs.csv", frame.drop(columns=["setting"]).to_csv(index=False))
     settings = settings_table(jobs, keys)
     if not settings.empty:
-        settings.to_csv(sweep_dir / "settings.csv", index=False)
+        write_atomic(sweep_dir / "settings.csv", settings.to_csv(index=False))
     finished = settings[settings["n"] > 0] if not settings.empty else settings
     best_f1 = float(finished["val_samples_f1_mean"].max()) if not finished.empty else None
     oat = layout == "one-at-a-time" or (layout == "auto" and bool(axes))
 
     counts = frame["status"].value_counts()
     status_text = ", ".join(
-        f"{counts[s]} {s}" for s in (FINISHED, FAILED, UNFINISHED, NOT_STARTED, REFUSED) if s in counts
+        f"{counts[s]} {s}" for s in (FINISHED, FAILED, UNFINISHED, NOT_STARTED) if s in counts
     )
     seeds = sorted({str(s) for s in frame["seed"].dropna()})
     common = _common_overrides(jobs)
@@ -466,7 +455,7 @@ def write_report(sweep_dir: str | Path, layout: str = "auto") -> Path:
             "",
         ]
         for key, table in one_at_a_time_tables(settings, keys).items():
-            table.to_csv(sweep_dir / f"settings_{_slug(key)}.csv", index=False)
+            write_atomic(sweep_dir / f"settings_{_slug(key)}.csv", table.to_csv(index=False))
             lines += [f"### `{key}`", "", _markdown(_display(table, [key], best_f1))]
             plot = _plot_f1(table, key, [key], sweep_dir / f"val_samples_f1_by_{_slug(key)}.png")
             plots += [plot] if plot else []
@@ -483,7 +472,7 @@ def write_report(sweep_dir: str | Path, layout: str = "auto") -> Path:
     lines += _best_run_section(jobs, sweep_dir, common)
     lines += _problem_section(jobs, common)
     report = sweep_dir / "report.md"
-    report.write_text("\n".join(lines).rstrip() + "\n")
+    write_atomic(report, "\n".join(lines).rstrip() + "\n")
     return report
 
 
@@ -511,7 +500,7 @@ def _best_run_section(jobs: Sequence[JobRecord], sweep_dir: Path, common: Sequen
     missing = {"precision", "recall", "f1", "support"} - set(per_class.columns)
     if missing:
         raise ValueError(f"{per_class_path}: missing column(s) {sorted(missing)}; re-run that job's training")
-    shutil.copyfile(per_class_path, sweep_dir / "best_per_class.csv")
+    write_atomic(sweep_dir / "best_per_class.csv", per_class_path.read_text())
     plot = _plot_per_class(per_class, sweep_dir / "best_per_class.png")
     lines += [
         "Per-class precision / recall / F1 on the validation split (`best_per_class.csv`):",
@@ -537,7 +526,6 @@ def _problem_section(jobs: Sequence[JobRecord], common: Sequence[str]) -> list[s
     for title, statuses in (
         ("Failed jobs", (FAILED,)),
         ("Unfinished jobs (re-run the same command to resume them)", (UNFINISHED, NOT_STARTED)),
-        ("Refused jobs (the folder holds a run with other overrides)", (REFUSED,)),
     ):
         rows = [
             {
@@ -561,6 +549,8 @@ class ReportCallback(Callback):
         self.layout = layout
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.runtime.choices.get("sweep") is None:
+            return
         log.warning(
             "a sweep config (sweep=...) only takes effect with -m: this runs a single job with the base "
             "config. Use `python train.py -m sweep=...`."

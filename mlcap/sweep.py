@@ -2,45 +2,43 @@
 
 Hydra's BasicSweeper only builds cartesian products, but the study's tables are lists of settings (Table 1)
 and one-at-a-time grids around the best model (Table 4). The expansion lives here as pure functions so it
-can be tested without running Hydra; `hydra_plugins.mlcap_sweeper.MlcapSweeper` wires it into Hydra, names
-each job's folder after its settings (so re-running a sweep finds its jobs again) and refuses to reuse a
-folder that holds a run with other overrides.
+can be tested without running Hydra; `hydra_plugins.mlcap_sweeper.MlcapSweeper` wires it into Hydra and
+names each job's folder after its settings (so re-running a sweep finds its jobs again, in any order); a
+folder that holds a run of another config is refused (`check_jobs`, under the rules of `mlcap.runs`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
+
+from mlcap.runs import PLAN_FILE, write_json
 
 __all__ = [
     "PLAN_FILE",
     "SweepJob",
     "bare_key",
-    "check_job_dirs",
+    "check_jobs",
     "command_line_lists",
     "expand_sweep",
     "format_value",
-    "is_finished",
     "job_name",
+    "job_overrides",
     "one_at_a_time",
     "sweep_points",
     "write_plan",
 ]
 
-PLAN_FILE = "sweep_plan.json"
-# Same name as mlcap.train.METRICS_FILE (not imported: that module pulls in torch).
-METRICS_FILE = "metrics.json"
 BASE_NAME = "base"
 _MAX_NAME = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.,=+-]")
@@ -209,60 +207,46 @@ def expand_sweep(cli: Sequence[CliList], points: Sequence[Mapping[str, Any]]) ->
     return jobs
 
 
-def check_job_dirs(sweep_dir: Path, jobs: Sequence[SweepJob]) -> tuple[list[SweepJob], dict[str, str]]:
-    """Split jobs into those whose folder is free or holds the same overrides, and conflicting ones.
+def job_overrides(job: SweepJob) -> list[str]:
+    """The job's task overrides plus its folder name (a Hydra override, so not among the task's own)."""
+    return [*job.overrides, f"hydra.sweep.subdir='{job.name}'"]
 
-    Hydra overwrites `.hydra/overrides.yaml` when a job starts, so this must run before launching: a folder
-    reused with other overrides would mix two runs (train.py would even skip it as finished).
-    Returns (runnable jobs, {job name: reason}).
+
+def check_jobs(
+    sweep_dir: Path, jobs: Sequence[SweepJob], compose: Callable[[list[str]], DictConfig]
+) -> dict[str, str]:
+    """Every job's settings and folder, checked before any job starts: {job name: folder state}.
+
+    `compose` builds a job's full config (the sweeper passes Hydra's config loader). One error lists every
+    job with bad settings or a folder that holds another config's run; then nothing is run at all, since
+    Hydra would rewrite that folder's `.hydra/` as soon as the job started.
     """
-    runnable: list[SweepJob] = []
-    conflicts: dict[str, str] = {}
+    from mlcap.runs import check_folder, resolved_task_config
+    from mlcap.settings import validate
+
+    states: dict[str, str] = {}
+    problems: list[str] = []
     for job in jobs:
-        saved = sweep_dir / job.name / ".hydra" / "overrides.yaml"
-        if saved.is_file():
-            try:
-                previous = [str(o) for o in OmegaConf.to_container(OmegaConf.load(saved)) or []]
-            except Exception as err:  # report which file is broken instead of crashing
-                previous = [f"<unreadable: {err}>"]
-            if sorted(previous) != sorted(job.overrides):
-                only_old = [o for o in previous if o not in job.overrides]
-                only_new = [o for o in job.overrides if o not in previous]
-                conflicts[job.name] = (
-                    f"{saved.parent.parent} holds a run with other overrides (only there: {only_old}; only "
-                    f"in this sweep: {only_new}). Use another hydra.sweep.dir (e.g. "
-                    f"hydra.sweep.dir={sweep_dir}-2) or delete that folder."
-                )
-                continue
-        runnable.append(job)
-    return runnable, conflicts
+        folder = sweep_dir / job.name
+        try:
+            config = compose(job_overrides(job))
+            validate(config)
+            states[job.name] = check_folder(folder, resolved_task_config(config, folder), "hydra.sweep.dir")
+        except ValueError as err:  # SettingsError
+            problems.append(f"job {job.name}: {err}")
+        except RuntimeError as err:  # RunFolderError
+            problems.append(str(err))
+    if problems:
+        raise ValueError(
+            f"nothing was run: {len(problems)} of the {len(jobs)} jobs of this sweep cannot start.\n"
+            + "\n".join(f"- {p}" for p in problems)
+        )
+    return states
 
 
-def is_finished(sweep_dir: Path, job: SweepJob) -> bool:
-    """A job whose folder already holds metrics.json (checked after `check_job_dirs`: same overrides).
-
-    The sweeper does not launch such jobs at all (train.py would skip them too, but only after importing
-    torch, and on SLURM after queueing), so re-running a finished sweep just rewrites its report.
-    """
-    return (sweep_dir / job.name / METRICS_FILE).is_file()
-
-
-def write_plan(
-    sweep_dir: Path, jobs: Sequence[SweepJob], conflicts: Mapping[str, str], axes: Sequence[str]
-) -> Path:
-    """Record the planned jobs so the report can list jobs that never started and refused folders."""
-    plan = {
-        "axes": list(axes),
-        "jobs": [
-            {
-                "name": job.name,
-                "overrides": job.overrides,
-                "status": "conflict" if job.name in conflicts else "planned",
-                **({"error": conflicts[job.name]} if job.name in conflicts else {}),
-            }
-            for job in jobs
-        ],
-    }
+def write_plan(sweep_dir: Path, jobs: Sequence[SweepJob], axes: Sequence[str]) -> Path:
+    """Record the planned jobs: the report lists those that never started, TensorBoard what varies."""
+    plan = {"axes": list(axes), "jobs": [{"name": job.name, "overrides": job.overrides} for job in jobs]}
     path = sweep_dir / PLAN_FILE
-    path.write_text(json.dumps(plan, indent=2) + "\n")
+    write_json(path, plan)
     return path

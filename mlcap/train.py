@@ -7,7 +7,8 @@ import logging
 import os
 import time
 import traceback
-import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,31 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mlcap.calibration import calibrate, cross_fitted_f1
+from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.word_vectors import train_word_vectors
+from mlcap.inference import probabilities
 from mlcap.metrics import classification_table, decide_labels, samples_f1
 from mlcap.models.fusion import inference_size_bytes
-from mlcap.models.lit_module import MultiLabelClassifier, predict_probabilities
+from mlcap.models.lit_module import MultiLabelClassifier
+from mlcap.runs import (
+    CONFIG_FILE,
+    FAILED_FILE,
+    FINISHED,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    check_folder,
+    is_volatile,
+    sweep_varied_keys,
+    write_atomic,
+    write_json,
+)
+from mlcap.settings import validate
+from mlcap.tensorboard import log_hparams
 
 log = logging.getLogger(__name__)
 
 SIZE_LIMIT_MB = 100.0
-METRICS_FILE = "metrics.json"
-FAILED_FILE = "failed.json"
 
 
 class EpochHistory(Callback):
@@ -60,42 +75,85 @@ def _checkpoint_callback(callbacks: list[Callback]) -> ModelCheckpoint:
     )
 
 
-def finished_metrics(output_dir: Path) -> dict[str, Any] | None:
-    """The metrics of a run that already finished in this folder (a re-run sweep skips it), else None."""
-    path = output_dir / METRICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train one model; write checkpoint, TensorBoard logs, per-class table and metrics.json into the run folder.
 
-    Re-running into the same folder (a sweep re-run with a fixed `hydra.sweep.dir`) skips a finished run and
-    resumes an interrupted one from its last checkpoint.
+    The recipe: check settings and folder, build data, model and trainer, fit, evaluate the best checkpoint,
+    calibrate, write results. Re-running into the same folder with the same config (mlcap.runs) skips a
+    finished run and resumes an interrupted one from its last checkpoint. `compared`: the keys a sweep varies
+    with this job's values, shown first in TensorBoard's HPARAMS tab.
     """
     started = time.perf_counter()
+    quiet_libraries()
+    settings = validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    done = finished_metrics(output_dir)
-    if done is not None:
-        log.info(
-            "%s already holds a finished run (val samples-F1 %.4f): skipping",
-            output_dir,
-            done["val_samples_f1"],
-        )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    state = check_folder(output_dir, resolved)  # type: ignore[arg-type]
+    if state == FINISHED:
+        done = json.loads((output_dir / METRICS_FILE).read_text())
+        log.info("%s holds this run, finished (val samples-F1 %.4f): skipping", output_dir, done["val_samples_f1"])
         return done
+    ckpt_path = _resume_from(cfg, output_dir)
+    write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    trainer, checkpoint, history = build_trainer(cfg)
+    # A sweep's varied keys, then the public keys (where files go and how fast are no hyperparameters).
+    hparams = {**dict(compared or {}), **{k: v for k, v in settings.items() if not is_volatile(k)}}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)  # Lightning keeps them (hparams.yaml beside the event file)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_seconds = time.perf_counter() - started
+    if not trainer.is_global_zero:
+        return {}
+
+    best, best_path = load_best(checkpoint, model)
+    evaluation = evaluate(best, datamodule, cfg)
+    threshold = calibrate_threshold(best, best_path, evaluation, cfg)
+    metrics = {
+        **write_tables(best, evaluation, threshold, output_dir),
+        **evaluation.summary(),
+        **_run_facts(best, model, history, checkpoint.monitor),
+        "train_time_s": round(train_seconds, 2),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "checkpoint": str(best_path),
+    }
+    metrics["history"] = history.epochs
+    write_json(output_dir / METRICS_FILE, metrics)
+    log_comparison(trainer, hparams, list(compared or {}), metrics["val_samples_f1"])
+    log.info(
+        "val samples-F1 %.4f (epoch %s), model %.1f MB, %.0f s; results in %s",
+        metrics["val_samples_f1"],
+        metrics["best_epoch"],
+        metrics["model_size_mb"],
+        metrics["wall_time_s"],
+        output_dir,
+    )
+    return metrics
+
+
+def _resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
+    """An explicit ckpt_path, else the folder's last.ckpt (an interrupted run of the same config)."""
     ckpt_path = cfg.get("ckpt_path")
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = output_dir / LAST_CHECKPOINT
     if ckpt_path is None and last.is_file():
         log.info("resuming the interrupted run in %s from %s", output_dir, last)
         ckpt_path = str(last)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    pl.seed_everything(cfg.seed, workers=True)
-    # A frozen backbone is in eval mode on purpose (its batch-norm statistics stay the pretrained ones).
-    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    return ckpt_path
 
+
+def build_datamodule(cfg: DictConfig) -> CaptionImageDataModule:
+    """Read and split the CSVs (frozen-feature caches fill once the model's encoders are attached)."""
     datamodule: CaptionImageDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    return datamodule
+
+
+def build_model(cfg: DictConfig, datamodule: CaptionImageDataModule) -> MultiLabelClassifier:
+    """The LightningModule from cfg.model, with what the data decides (labels, vocabulary, word vectors)."""
     assert datamodule.vocab is not None
     vectors = None
     if cfg.model.caption:
@@ -106,7 +164,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.model.word_dim,
             seed=cfg.seed,
         )
-    data_config = OmegaConf.to_container(cfg.data, resolve=True)
     model: MultiLabelClassifier = hydra.utils.instantiate(
         cfg.model,
         _recursive_=False,
@@ -115,10 +172,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         vocab_tokens=datamodule.vocab.tokens,
         lr=cfg.lr,
         threshold=cfg.threshold,
-        tta=cfg.get("tta", False),
-        preprocessing=data_config,
+        tta=cfg.tta,
+        preprocessing=OmegaConf.to_container(cfg.data, resolve=True),
         embedding_init=vectors,
-        pos_weight=positive_weights(datamodule) if cfg.model.get("loss") == "weighted_bce" else None,
+        pos_weight=positive_weights(datamodule) if cfg.model.loss == "weighted_bce" else None,
     )
     datamodule.attach_image_encoder(model.net.image_encoder)
     datamodule.attach_sentence_encoder(model.net.sentence_encoder)
@@ -128,61 +185,103 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         inference_size_bytes(model.net) / 1e6,
         SIZE_LIMIT_MB,
     )
+    return model
 
+
+def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, ModelCheckpoint, EpochHistory]:
+    """Lightning's Trainer with the configured callbacks and loggers, plus the epoch history for metrics.json."""
     callbacks: list[Callback] = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
     history = EpochHistory()
     callbacks.append(history)
     checkpoint = _checkpoint_callback(callbacks)
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    train_seconds = time.perf_counter() - started
-    if not trainer.is_global_zero:
-        return {}
+    return trainer, checkpoint, history
 
+
+def load_best(checkpoint: ModelCheckpoint, model: MultiLabelClassifier) -> tuple[MultiLabelClassifier, str]:
+    """The best checkpoint's model (fast_dev_run and friends save none: then the weights in memory)."""
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
-    if best_path:
-        best = MultiLabelClassifier.load_from_checkpoint(best_path, load_pretrained=False, map_location="cpu")
-    else:  # fast_dev_run and friends save no checkpoint: report the weights in memory
-        best = model.cpu()
-    tta = bool(cfg.get("tta", False))
-    probs = predict_probabilities(
-        best, datamodule.view_dataloaders("val") if tta else datamodule.val_dataloader()
-    )
-    target = datamodule.labels("val")
-    uncalibrated_f1 = float(samples_f1(decide_labels(probs, best.threshold).int(), target.int()))
-    flip_tta_f1 = None  # what test-time flips would give (uncalibrated), measured whenever views are cached
-    if datamodule.serves_features and datamodule.cache_views > 1:
-        flip_probs = probs if tta else predict_probabilities(best, datamodule.view_dataloaders("val"))
-        flip_tta_f1 = float(samples_f1(decide_labels(flip_probs, best.threshold).int(), target.int()))
-    mode = cfg.get("threshold_calibration", "none")
-    threshold, _ = calibrate(probs, target, mode)
-    crossfit_f1 = cross_fitted_f1(probs, target, mode, seed=cfg.seed) if threshold is not None else None
-    if threshold is not None and best_path:
-        best.hparams["threshold"] = threshold
-        set_checkpoint_threshold(Path(best_path), threshold)
-        log.info("calibrated %s threshold on the validation split: %s", mode, threshold)
-    preds = decide_labels(probs, best.threshold).int()
-    table = classification_table(preds.numpy(), target.int().numpy(), best.label_ids)
-    table.to_csv(output_dir / "per_class.csv", index_label="label")
-    (output_dir / "per_class.md").write_text(table.to_markdown(floatfmt=".3f") + "\n")
+    if not best_path:
+        return model, ""
+    return MultiLabelClassifier.load_from_checkpoint(best_path, load_pretrained=False, map_location="cpu"), best_path
 
-    best_epoch = _best_epoch(history.epochs, checkpoint.monitor)
-    size_mb = inference_size_bytes(best.net) / 1e6
+
+@dataclass
+class Evaluation:
+    """The best model's validation probabilities and the F1 figures that do not depend on calibration."""
+
+    probs: torch.Tensor
+    target: torch.Tensor
+    tta: bool
+    uncalibrated_f1: float
+    flip_tta_f1: float | None  # what test-time flips would give (uncalibrated), whenever views are cached
+    calibration: str = "none"
+    crossfit_f1: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "val_samples_f1_uncalibrated": self.uncalibrated_f1,
+            "threshold_calibration": self.calibration,
+            "val_samples_f1_calibrated_crossfit": self.crossfit_f1,
+            "tta": self.tta,
+            "val_samples_f1_flip_tta_uncalibrated": self.flip_tta_f1,
+        }
+
+
+def evaluate(best: MultiLabelClassifier, datamodule: CaptionImageDataModule, cfg: DictConfig) -> Evaluation:
+    """Validation probabilities of the best model through Lightning, on the trainer's accelerator."""
+    accelerator, precision = cfg.trainer.accelerator, cfg.trainer.precision
+    views = datamodule.view_dataloaders("val") if datamodule.serves_features and datamodule.cache_views > 1 else []
+    probs = probabilities(best, views if cfg.tta else datamodule.val_dataloader(), accelerator, precision)
+    target = datamodule.labels("val")
+
+    def f1(p: torch.Tensor) -> float:
+        return float(samples_f1(decide_labels(p, best.threshold).int(), target.int()))
+
+    flips = (probs if cfg.tta else probabilities(best, views, accelerator, precision)) if views else None
+    return Evaluation(probs, target, cfg.tta, f1(probs), f1(flips) if flips is not None else None)
+
+
+def calibrate_threshold(
+    best: MultiLabelClassifier, best_path: str, evaluation: Evaluation, cfg: DictConfig
+) -> float | list[float]:
+    """Tune the threshold on the validation split if asked; store it in the model and its checkpoint."""
+    mode = cfg.threshold_calibration
+    threshold, _ = calibrate(evaluation.probs, evaluation.target, mode)
+    evaluation.calibration = mode
+    if threshold is None:
+        return best.hparams["threshold"]
+    evaluation.crossfit_f1 = cross_fitted_f1(evaluation.probs, evaluation.target, mode, seed=cfg.seed)
+    best.hparams["threshold"] = threshold
+    if best_path:
+        set_checkpoint_threshold(Path(best_path), threshold)
+    log.info("calibrated %s threshold on the validation split: %s", mode, threshold)
+    return threshold
+
+
+def write_tables(
+    best: MultiLabelClassifier, evaluation: Evaluation, threshold: float | list[float], output_dir: Path
+) -> dict[str, Any]:
+    """per_class.csv / per_class.md, and the averaged precision/recall/F1 they hold, for metrics.json."""
+    preds = decide_labels(evaluation.probs, best.threshold).int()
+    table = classification_table(preds.numpy(), evaluation.target.int().numpy(), best.label_ids)
+    write_atomic(output_dir / "per_class.csv", table.to_csv(index_label="label"))
+    write_atomic(output_dir / "per_class.md", table.to_markdown(floatfmt=".3f") + "\n")
     averages = {
         f"val_{avg.split()[0]}_{metric}": float(table.loc[avg, metric])
         for avg in ("micro avg", "macro avg", "weighted avg", "samples avg")
         for metric in ("precision", "recall", "f1")
     }
-    metrics: dict[str, Any] = {
-        "val_samples_f1": averages["val_samples_f1"],
-        **averages,
-        "val_samples_f1_uncalibrated": uncalibrated_f1,
-        "threshold_calibration": mode,
-        "val_samples_f1_calibrated_crossfit": crossfit_f1,
-        "tta": tta,
-        "val_samples_f1_flip_tta_uncalibrated": flip_tta_f1,
-        "threshold": best.hparams["threshold"],
+    return {"val_samples_f1": averages["val_samples_f1"], **averages, "threshold": threshold}
+
+
+def _run_facts(
+    best: MultiLabelClassifier, model: MultiLabelClassifier, history: EpochHistory, monitor: str | None
+) -> dict[str, Any]:
+    best_epoch = _best_epoch(history.epochs, monitor)
+    size_mb = inference_size_bytes(best.net) / 1e6
+    return {
         "val_loss": best_epoch.get("val/loss"),
         "train_loss": best_epoch.get("train/loss"),
         "best_epoch": best_epoch.get("epoch"),
@@ -191,26 +290,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "under_100mb": size_mb <= SIZE_LIMIT_MB,
         "parameters": sum(p.numel() for p in best.net.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "train_time_s": round(train_seconds, 2),
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "checkpoint": str(best_path),
-        "history": history.epochs,
     }
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            hparams = OmegaConf.to_container(cfg, resolve=True)
-            logger.log_hyperparams(hparams, {"hp/best_val_samples_f1": metrics["val_samples_f1"]})
-            logger.finalize("success")
-    log.info(
-        "val samples-F1 %.4f (epoch %s), model %.1f MB, %.0f s; results in %s",
-        metrics["val_samples_f1"],
-        metrics["best_epoch"],
-        size_mb,
-        metrics["wall_time_s"],
-        output_dir,
-    )
-    return metrics
 
 
 def positive_weights(datamodule: CaptionImageDataModule, cap: float = 50.0) -> list[float]:
@@ -230,6 +310,14 @@ def set_checkpoint_threshold(path: Path, threshold: float | list[float]) -> None
     os.replace(tmp, path)
 
 
+def log_comparison(trainer: pl.Trainer, hparams: Mapping[str, Any], varied: list[str], f1: float) -> None:
+    """TensorBoard's HPARAMS tab: the run's settings (varied keys marked) beside its best val samples-F1."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            log_hparams(logger.experiment, hparams, varied, {"hp/best_val_samples_f1": f1})
+            logger.finalize("success")
+
+
 def _best_epoch(epochs: list[dict[str, float]], monitor: str | None) -> dict[str, float]:
     scored = [e for e in epochs if monitor in e]
     if not scored:
@@ -245,14 +333,25 @@ def run_job(cfg: DictConfig) -> float | None:
     in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     output_dir = Path(cfg.paths.output_dir)
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, compared=_sweep_values(cfg) if in_sweep else None)
     except Exception as err:
         if not in_sweep:
             raise
         log.exception("job in %s failed", output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
         failure = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
-        (output_dir / FAILED_FILE).write_text(json.dumps(failure, indent=2))
+        write_json(output_dir / FAILED_FILE, failure)
         return None
     (output_dir / FAILED_FILE).unlink(missing_ok=True)
     return metrics.get("val_samples_f1")
+
+
+def _sweep_values(cfg: DictConfig) -> dict[str, Any]:
+    """This job's value of every key its sweep varies (config groups: the chosen option)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    choices = hydra_cfg.runtime.choices
+    values = {}
+    for key in sweep_varied_keys(Path(hydra_cfg.sweep.dir)):
+        values[key] = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
+    return values

@@ -70,7 +70,7 @@ def metrics(f1: float, size: float = 16.4, seconds: float = 30.0) -> dict[str, A
 
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
-    """model.attention on/off x seeds 0-2: one failed job, one interrupted, one not started, one refused."""
+    """model.attention on/off x seeds 0-3: one failed job, one interrupted, one not started."""
     root = tmp_path / "table2"
     f1_on = {0: 0.5, 1: 0.6, 2: 0.7}
     for seed, f1 in f1_on.items():
@@ -114,19 +114,14 @@ def sweep(tmp_path: Path) -> Path:
     planned.append(
         SweepJob("model.attention=false,seed=3", ["sweep=table2", "seed=3", "model.attention=false"])
     )
-    # This sweep would have run seed 0 with another override there: the sweeper refused it.
-    planned[0] = SweepJob(planned[0].name, [*planned[0].overrides, "x=1"])
-    write_plan(root, planned, {"model.attention=true,seed=0": "holds a run with other overrides"}, axes=[])
+    write_plan(root, planned, axes=[])
     return root
 
 
 def test_jobs_are_found_with_their_state(sweep: Path) -> None:
     records = load_jobs(sweep)
-    assert len(records) == 8
-    refused = [job for job in records if job.status == "refused"]
-    assert [job.name for job in refused] == ["model.attention=true,seed=0"]  # its folder holds the old run
-    assert "x=1" in refused[0].overrides
-    jobs = {job.name: job for job in records if job.status != "refused"}
+    assert len(records) == 7
+    jobs = {job.name: job for job in records}
     assert jobs["model.attention=true,seed=1"].status == "finished"
     assert jobs["model.attention=false,seed=1"].status == "failed"
     assert "CUDA out of memory" in jobs["model.attention=false,seed=1"].error
@@ -154,8 +149,7 @@ def test_settings_table_has_mean_std_and_n_over_seeds(sweep: Path) -> None:
 
 def test_report_files(sweep: Path) -> None:
     report = write(sweep).read_text()
-    assert "8 jobs: 4 finished, 1 failed, 1 unfinished, 1 not started, 1 refused" in report
-    assert "## Refused jobs" in report and "holds a run with other overrides" in report
+    assert "7 jobs: 4 finished, 1 failed, 1 unfinished, 1 not started" in report
     assert "| true " in report and "**0.6000 ± 0.0500**" not in report
     assert "**0.6000 ± 0.1000**" in report  # best setting in bold
     assert "0.4000" in report and "150.0 ⚠ over 100 MB" in report
@@ -175,7 +169,7 @@ def test_report_files(sweep: Path) -> None:
     settings = pd.read_csv(sweep / "settings.csv")
     assert list(settings["n"]) == [3, 1]
     jobs = pd.read_csv(sweep / "jobs.csv")
-    assert list(jobs["status"]).count("failed") == 1 and len(jobs) == 8
+    assert list(jobs["status"]).count("failed") == 1 and len(jobs) == 7
 
 
 def test_one_at_a_time_grid_gets_one_table_per_key(tmp_path: Path) -> None:
@@ -192,7 +186,7 @@ def test_one_at_a_time_grid_gets_one_table_per_key(tmp_path: Path) -> None:
                 [f"seed={seed}"],
                 metrics(0.5 + num / 100 + seed / 100),
             )
-    write_plan(root, [], {}, axes=["lr", "model.hidden_dim"])
+    write_plan(root, [], axes=["lr", "model.hidden_dim"])
     jobs = load_jobs(root)
     settings = settings_table(jobs, varied_keys(jobs))
     assert len(settings) == 5

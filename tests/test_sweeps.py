@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +10,13 @@ import pytest
 from conftest import CONF, REPO, fast_overrides
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from mlcap.runs import resolved_task_config
+from mlcap.settings import validate
 from mlcap.sweep import (
     SweepJob,
-    check_job_dirs,
+    check_jobs,
     command_line_lists,
     expand_sweep,
     format_value,
@@ -70,6 +71,7 @@ def test_every_sweep_point_composes_to_a_valid_training_config(sweep: str) -> No
         )
         for job in expand_sweep(cli(f"sweep={sweep}"), points):
             cfg = compose("train", overrides=[*job.overrides, "data=comp5329", "data.root=/somewhere"])
+            validate(cfg)  # every value is one its key allows
             for override in job.overrides[1:]:
                 key, value = override.split("=", 1)
                 assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", (sweep, override)
@@ -153,17 +155,25 @@ def test_job_names_are_safe_folder_names() -> None:
     assert len(job_name([f"key{i}=value{i}" for i in range(50)])) <= 120
 
 
-def test_a_folder_is_only_reused_for_the_same_overrides(tmp_path: Path) -> None:
-    same = SweepJob("a", ["seed=0", "lr=0.1"])
-    other = SweepJob("b", ["trainer.max_epochs=2"])
-    fresh = SweepJob("c", ["x=1"])
-    for name, overrides in (("a", ["lr=0.1", "seed=0"]), ("b", ["trainer.max_epochs=1"])):
-        (tmp_path / name / ".hydra").mkdir(parents=True)
-        OmegaConf.save(OmegaConf.create(overrides), tmp_path / name / ".hydra" / "overrides.yaml")
-    runnable, conflicts = check_job_dirs(tmp_path, [same, other, fresh])
-    assert runnable == [same, fresh]
-    assert list(conflicts) == ["b"]
-    assert "trainer.max_epochs=1" in conflicts["b"] and "another hydra.sweep.dir" in conflicts["b"]
+def test_a_folder_is_only_reused_for_the_same_config(tmp_path: Path) -> None:
+    """Jobs are checked against the config recorded in their folder, whatever the overrides' order."""
+    same, other, fresh = SweepJob("a", ["seed=0", "lr=0.1"]), SweepJob("b", ["lr=0.2"]), SweepJob("c", ["lr=0.3"])
+
+    def compose_job(overrides: list[str]) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
+
+    for job, recorded in ((same, ["lr=0.1", "seed=0"]), (other, ["lr=0.2", "trainer.max_epochs=1"])):
+        folder = tmp_path / job.name
+        resolved = resolved_task_config(compose_job(recorded), folder)
+        folder.mkdir()
+        OmegaConf.save(OmegaConf.create(resolved), folder / "config_resolved.yaml")
+    (tmp_path / "a" / "metrics.json").write_text("{}")
+    assert check_jobs(tmp_path, [same, fresh], compose_job) == {"a": "finished", "c": "empty"}
+    with pytest.raises(ValueError, match=r"nothing was run: 1 of the 3 jobs") as caught:
+        check_jobs(tmp_path, [same, other, fresh], compose_job)
+    assert "trainer.max_epochs (there 1, here 60)" in str(caught.value)
+    assert "hydra.sweep.dir=<new folder>" in str(caught.value)
 
 
 def _sweep(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -203,15 +213,13 @@ def test_sweep_runs_in_parallel_then_rerun_skips_finished_jobs(tiny_demo: Path, 
     again = _sweep(command)  # the same command again: both jobs are found finished, nothing retrains
     assert again.returncode == 0, again.stdout[-3000:]
     assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")} == mtimes
-    assert again.stdout.count("already finished, not launched again") == 2
+    assert again.stdout.count("already finished with the same config, not launched again") == 2
     assert (sweep_dir / "report.md").is_file()
 
-    changed = _sweep([*command, "trainer.max_epochs=2"])  # other overrides: the folders are refused
+    changed = _sweep([*command, "trainer.max_epochs=2"])  # another config: the folders are refused
     assert changed.returncode != 0
-    assert "Use another hydra.sweep.dir" in changed.stdout
+    assert "trainer.max_epochs (there 1, here 2)" in changed.stdout
     assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")} == mtimes
-    plan = json.loads((sweep_dir / "sweep_plan.json").read_text())
-    assert [job["status"] for job in plan["jobs"]] == ["planned", "planned"]  # left as the sweep left it
 
     # A sweep killed mid-way: one job finished, the other stopped after its last checkpoint. The re-run
     # resumes that one from checkpoints/last.ckpt and leaves the finished one alone.

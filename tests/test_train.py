@@ -76,7 +76,7 @@ def test_training_writes_every_result(trained_run: tuple[Path, dict]) -> None:
         "checkpoints/best.ckpt",
     ]:
         assert (run_dir / name).exists(), name
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(run_dir.glob("events.out.tfevents.*"))  # TensorBoard names the run after its folder
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["val_samples_f1"] == pytest.approx(metrics["val_samples_f1"])
     for key in ["val_loss", "train_loss", "model_size_mb", "under_100mb", "train_time_s", "val_macro_f1"]:
@@ -111,6 +111,19 @@ def test_predict_round_trip_from_checkpoint_alone(
         ids = [int(x) for x in labels.split()]
         assert ids and all(1 <= x <= 19 for x in ids), labels
     assert 0.0 < result["samples_f1"] <= 1.0
+
+
+def test_predict_takes_the_data_group_like_train(
+    trained_run: tuple[Path, dict], tiny_demo: Path, tmp_path: Path
+) -> None:
+    """`predict.py data=comp5329 data.root=...`: the selection train.py takes; the rows come from that root."""
+    _, metrics = trained_run
+    elsewhere = tmp_path / "copy"
+    shutil.copytree(tiny_demo, elsewhere)
+    result = _predict_scored(metrics["checkpoint"], elsewhere, tmp_path, "data=comp5329", f"data.root={elsewhere}")
+    assert result["rows"] == TINY_DEMO["n_test"]
+    with pytest.raises(Exception, match="data.root"):  # comp5329 has no default root
+        predict(_compose("predict", [f"ckpt_path={metrics['checkpoint']}", "data=comp5329"], tmp_path / "p2"))
 
 
 def test_calibrated_thresholds_are_stored_in_the_checkpoint(trained_run: tuple[Path, dict]) -> None:

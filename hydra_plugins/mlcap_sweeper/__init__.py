@@ -1,7 +1,9 @@
-"""Hydra sweeper plugin `hydra/sweeper=mlcap`: explicit points and one-at-a-time axes (see mlcap.sweep).
+"""Hydra sweeper plugin `hydra/sweeper=mlcap`, train.py's sweeper for every `-m` run: command-line lists,
+explicit points and one-at-a-time axes (see mlcap.sweep), under the run-folder rules of mlcap.runs.
 
-Hydra only instantiates plugins defined under the `hydra_plugins` namespace package, so the class lives
-here; the expansion itself is in `mlcap.sweep`. Every Hydra app imports this module during plugin
+Built on Hydra's public `Sweeper` plugin API. Hydra only instantiates plugins defined under the
+`hydra_plugins` namespace package, so the class lives here; the expansion and the checks are in `mlcap.sweep`
+and `mlcap.runs`. Every Hydra app imports this module during plugin
 discovery, so it must stay cheap to import (no torch, mlcap.sweep imported lazily).
 
 No `from __future__ import annotations` here: Hydra executes this module before registering it in
@@ -9,16 +11,17 @@ sys.modules, and dataclasses cannot resolve string annotations of such a module.
 """
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class MlcapSweeperConf:
     _target_: str = "hydra_plugins.mlcap_sweeper.MlcapSweeper"
+    # Jobs handed to the launcher at once (null: all); the joblib launcher runs a batch side by side.
     max_batch_size: int | None = None
     # Extra overrides swept like command-line ones (cartesian), as in the basic sweeper.
     params: dict[str, str] | None = None
@@ -38,8 +42,10 @@ class MlcapSweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="mlcap", node=MlcapSweeperConf, provider="mlcap")
 
 
-class MlcapSweeper(BasicSweeper):
-    """BasicSweeper plus points/axes, settings-named job folders, folder reuse checks and no early stop."""
+class MlcapSweeper(Sweeper):
+    """Discrete sweeps (command-line lists, points, axes) with settings-named job folders that follow the run
+    rules of `mlcap.runs`: every job's settings and folder are checked before any job starts, finished jobs
+    are not launched again, and a failing job does not stop the others."""
 
     def __init__(
         self,
@@ -48,9 +54,20 @@ class MlcapSweeper(BasicSweeper):
         points: list[dict[str, Any]] | None = None,
         axes: dict[str, list[Any]] | None = None,
     ) -> None:
-        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.max_batch_size = max_batch_size
+        self.params = _plain(params) or {}
         self.points = _plain(points) or []
         self.axes = _plain(axes) or {}
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def _base_value(self, key: str) -> Any:
         """The composed config's value of an axis key (for a config group: the selected option)."""
@@ -63,64 +80,58 @@ class MlcapSweeper(BasicSweeper):
             return choices[key]
         return OmegaConf.select(self.config, key, default=None, throw_on_missing=False)
 
-    def sweep(self, arguments: list[str]) -> Any:
-        from mlcap.sweep import (
-            check_job_dirs,
-            command_line_lists,
-            expand_sweep,
-            is_finished,
-            sweep_points,
-            write_plan,
-        )
+    def _jobs(self, arguments: list[str]) -> list[Any]:
+        from mlcap.sweep import command_line_lists, expand_sweep, sweep_points
 
-        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        assert self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        parsed = parser.parse_overrides([*self._parse_config(), *arguments])
+        params = [f"{key}={value}" for key, value in self.params.items()]
+        parsed = parser.parse_overrides([*params, *arguments])
         base = {key: self._base_value(key) for key in self.axes}
-        jobs = expand_sweep(command_line_lists(parsed), sweep_points(self.points, self.axes, base))
+        return expand_sweep(command_line_lists(parsed), sweep_points(self.points, self.axes, base))
 
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        runnable, conflicts = check_job_dirs(sweep_dir, jobs)
-        for reason in conflicts.values():
-            log.error("not running a job: %s", reason)
-        if not runnable:  # leave the folder (and its plan) as the earlier sweep left it
-            raise ValueError(
-                f"every job folder of this sweep under {sweep_dir} holds a run with other overrides (see "
-                "above); nothing was run. Use another hydra.sweep.dir or delete the old folders."
+    def sweep(self, arguments: list[str]) -> Any:
+        from mlcap.runs import RunFolderError, lock_folder
+        from mlcap.sweep import check_jobs, job_overrides, write_plan
+
+        assert self.config is not None and self.hydra_context is not None
+        config, loader = self.config, self.hydra_context.config_loader
+        jobs = self._jobs(arguments)
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        try:  # a refusal is a clear message, not a traceback: nothing has run and no folder was touched
+            states = check_jobs(sweep_dir, jobs, lambda overrides: loader.load_sweep_config(config, overrides))
+            lock = lock_folder(sweep_dir)  # one sweep at a time per folder
+        except (ValueError, RunFolderError) as err:
+            raise SystemExit(f"error: {err}") from None
+        try:
+            OmegaConf.save(config, sweep_dir / "multirun.yaml")
+            write_plan(sweep_dir, jobs, list(self.axes))
+            todo = [job for job in jobs if states[job.name] != "finished"]
+            for job in jobs:
+                if states[job.name] == "finished":
+                    log.info("already finished with the same config, not launched again: %s", job.name)
+            log.info(
+                "sweep of %d jobs into %s: %d to run (%d resumed), %d already finished",
+                len(jobs),
+                sweep_dir,
+                len(todo),
+                sum(states[job.name] == "interrupted" for job in todo),
+                len(jobs) - len(todo),
             )
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        write_plan(sweep_dir, jobs, conflicts, list(self.axes))
-        finished = [job for job in runnable if is_finished(sweep_dir, job)]
-        for job in finished:
-            log.info("already finished, not launched again: %s", sweep_dir / job.name)
-        runnable = [job for job in runnable if job not in finished]
-        log.info(
-            "sweep of %d jobs into %s: %d to run, %d already finished, %d refused",
-            len(jobs),
-            sweep_dir,
-            len(runnable),
-            len(finished),
-            len(conflicts),
-        )
+            return self._launch([job_overrides(job) for job in todo])
+        finally:
+            lock.release()
 
-        # The folder name goes in as a Hydra override, so it is not among the job's task overrides.
-        job_lists = [[*job.overrides, f"hydra.sweep.subdir='{job.name}'"] for job in runnable]
-        chunks = self.split_overrides_to_chunks(job_lists, self.max_batch_size) if job_lists else []
-        self.overrides = list(chunks)
+    def _launch(self, job_lists: list[list[str]]) -> list[list[JobReturn]]:
+        size = self.max_batch_size or max(len(job_lists), 1)
         returns: list[list[JobReturn]] = []
-        initial_job_idx = 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            tic = time.perf_counter()
-            self.validate_batch_is_legal(batch)  # composition errors surface before anything trains
-            log.debug("validated %d job configs in %.2f s", len(batch), time.perf_counter() - tic)
-            results = list(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
+        for start in range(0, len(job_lists), size):
+            batch = job_lists[start : start + size]
+            results = list(self.launcher.launch(batch, initial_job_idx=start))
             for overrides, result in zip(batch, results, strict=True):
-                # Unlike BasicSweeper, a job that raised is logged and the sweep goes on with the others.
+                # A job that raised is logged (and recorded in its failed.json); the others go on.
                 if result.status == JobStatus.FAILED:
                     log.error("job %s failed: %r", overrides, getattr(result, "_return_value", None))
-            initial_job_idx += len(batch)
             returns.append(results)
         return returns
 

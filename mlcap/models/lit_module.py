@@ -150,7 +150,14 @@ class MultiLabelClassifier(pl.LightningModule):
                 self.log(
                     f"train/{name}_head_loss", losses[name], on_step=False, on_epoch=True, batch_size=size
                 )
-        return sum(losses.values())
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"the training loss is {float(total.detach())} at epoch {self.current_epoch}, step {self.global_step}: "
+                f"training diverged (lr={self.hparams['lr']}); lower lr or check the inputs. The run stops "
+                "here, so no metrics are reported for it"
+            )
+        return total
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)
@@ -201,19 +208,3 @@ class MultiLabelClassifier(pl.LightningModule):
             pct_start=0.1,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-@torch.inference_mode()
-def predict_probabilities(
-    model: MultiLabelClassifier, loaders: torch.utils.data.DataLoader | Sequence[torch.utils.data.DataLoader]
-) -> torch.Tensor:
-    """Probabilities for every row, in order (single process); several loaders (views) are averaged."""
-    model.eval()
-    per_loader = []
-    for loader in loaders if isinstance(loaders, Sequence) else [loaders]:
-        chunks = []
-        for batch in loader:
-            batch = {key: value.to(model.device) for key, value in batch.items()}
-            chunks.append(torch.sigmoid(model(batch)).cpu())
-        per_loader.append(torch.cat(chunks))
-    return torch.stack(per_loader).mean(0)

@@ -1,0 +1,248 @@
+"""Run folders: what a run leaves on disk, when a folder may be reused, and who may write to it.
+
+A run folder is its config. `config_resolved.yaml` records the resolved config of the run that first used the
+folder; a later command may skip it (finished) or resume it (interrupted) only when its own resolved config
+is the same, keys in `VOLATILE_KEYS` aside. Otherwise the folder is refused before Hydra rewrites `.hydra/`,
+with the keys that differ. A lock file keeps two live processes out of one folder.
+
+Torch-free on purpose: the Hydra callback, the sweeper and the report import it before (or without) torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+FAILED_FILE = "failed.json"
+CONFIG_FILE = "config_resolved.yaml"
+PLAN_FILE = "sweep_plan.json"
+LOCK_FILE = ".mlcap.lock"
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
+BEST_CHECKPOINT = "checkpoints/best.ckpt"
+
+# Keys that may differ between the run that made a folder and a command that skips or resumes it: where files
+# go and how fast they are made, never what is computed. Dotted prefixes; everything else must match.
+VOLATILE_KEYS = (
+    "paths",
+    "ckpt_path",
+    "data.cache_dir",
+    "data.num_workers",
+    "data.extract_batch_size",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_OUTPUT = "<run folder>"
+_CACHE = "<cache dir>"
+
+EMPTY, FINISHED, INTERRUPTED = "empty", "finished", "interrupted"
+
+
+class RunFolderError(RuntimeError):
+    """A folder that this command must not use (another config's run, or another live process)."""
+
+
+def resolved_task_config(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """The task config (no `hydra` node) resolved as the job in `output_dir` will see it."""
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg.copy()
+    with open_dict(task):
+        task.paths.output_dir = str(Path(output_dir).absolute())
+    return OmegaConf.to_container(task, resolve=True)  # type: ignore[return-value]
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"attention": True}} -> {"model.attention": True}; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def is_volatile(key: str) -> bool:
+    """Whether a key may differ between runs of one folder (VOLATILE_KEYS)."""
+    return any(key == v or key.startswith(f"{v}.") for v in VOLATILE_KEYS)
+
+
+def _placeholders(value: Any, output_dir: str, cache_dir: str) -> Any:
+    """Paths inside the run folder or the cache dir written relative to them, so a moved folder still matches."""
+    if isinstance(value, str):
+        return value.replace(output_dir, _OUTPUT).replace(cache_dir, _CACHE) if output_dir else value
+    if isinstance(value, list):
+        return [_placeholders(v, output_dir, cache_dir) for v in value]
+    return value
+
+
+def run_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat keys -> values that define what a run computes (VOLATILE_KEYS dropped)."""
+    paths = resolved.get("paths") or {}
+    output_dir, cache_dir = str(paths.get("output_dir") or ""), str(paths.get("cache_dir") or "\0")
+    return {
+        key: _placeholders(value, output_dir, cache_dir)
+        for key, value in flatten(resolved).items()
+        if not is_volatile(key)
+    }
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as config values: 3e-4 == 0.0003, but True is not 1 and 1 is not "1"."""
+    if isinstance(a, bool) != isinstance(b, bool) or isinstance(a, str) != isinstance(b, str):
+        return False
+    return bool(a == b)
+
+
+_ABSENT = "<absent>"
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, value there, value here) for every identity key that differs."""
+    keys = list(dict.fromkeys([*old, *new]))
+    return [
+        (key, old.get(key, _ABSENT), new.get(key, _ABSENT))
+        for key in keys
+        if not _same(old.get(key, _ABSENT), new.get(key, _ABSENT))
+    ]
+
+
+def folder_state(folder: Path) -> str:
+    """finished (metrics.json), interrupted (a recorded config but no metrics) or empty."""
+    if (folder / METRICS_FILE).is_file():
+        return FINISHED
+    return INTERRUPTED if (folder / CONFIG_FILE).is_file() else EMPTY
+
+
+def _describe(diffs: list[tuple[str, Any, Any]], limit: int = 8) -> str:
+    shown = [f"{key} (there {old!r}, here {new!r})" for key, old, new in diffs[:limit]]
+    more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return "; ".join(shown) + more
+
+
+def check_folder(folder: Path, resolved: Mapping[str, Any], redirect_key: str = "hydra.run.dir") -> str:
+    """The folder's state if this config may use it; RunFolderError naming the differing keys otherwise."""
+    folder = Path(folder)
+    state = folder_state(folder)
+    if state == EMPTY:
+        return state
+    try:
+        recorded = OmegaConf.to_container(OmegaConf.load(folder / CONFIG_FILE), resolve=False)
+    except FileNotFoundError:
+        recorded = None  # finished by an older mlcap that kept no record: nothing to compare
+    except Exception as err:  # yaml/OmegaConf raise many types; name the file instead
+        raise RunFolderError(
+            f"{folder / CONFIG_FILE} cannot be read ({err}); delete {folder} to start this run over"
+        ) from err
+    if recorded is None:
+        return state
+    diffs = differences(run_identity(recorded), run_identity(resolved))  # type: ignore[arg-type]
+    if diffs:
+        verb = "finished" if state == FINISHED else "interrupted (resumable)"
+        raise RunFolderError(
+            f"{folder} holds a {verb} run of another config, so this command will not skip, resume or "
+            f"overwrite it. Keys that differ: {_describe(diffs)}. Write this run elsewhere "
+            f"({redirect_key}=<new folder>) or delete {folder} to start over."
+        )
+    return state
+
+
+def lock_folder(folder: Path) -> FileLock:
+    """Hold `folder` for this process (released at exit even on a crash); RunFolderError if another holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout as err:
+        raise RunFolderError(
+            f"another mlcap process is writing to {folder} right now; wait for it to end, or write this run "
+            "elsewhere (hydra.run.dir=... / hydra.sweep.dir=...)"
+        ) from err
+    return lock
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename: readers see the old file or the whole new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a results file is as readable as any other
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Strict JSON (NaN and infinity are refused: they are not JSON), written atomically."""
+    write_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def sweep_varied_keys(sweep_dir: Path) -> list[str]:
+    """Override keys whose values differ between the jobs the sweeper planned (empty if there is no plan)."""
+    plan_path = sweep_dir / PLAN_FILE
+    if not plan_path.is_file():
+        return []
+    values: dict[str, set[str]] = {}
+    jobs = json.loads(plan_path.read_text()).get("jobs") or []
+    for job in jobs:
+        for override in job.get("overrides", []):
+            key, _, value = override.partition("=")
+            values.setdefault(key.lstrip("+~"), set()).add(value)
+    keys_in_every = [k for k in values if all(_has_key(j, k) for j in jobs)]
+    return [k for k in values if len(values[k]) > 1 or k not in keys_in_every]
+
+
+def _has_key(job: Mapping[str, Any], key: str) -> bool:
+    return any(o.lstrip("+~").partition("=")[0] == key for o in job.get("overrides", []))
+
+
+def latest_finished_checkpoint(root: Path) -> Path | None:
+    """The newest `checkpoints/best.ckpt` under `root` whose run finished (metrics.json beside it)."""
+    found = [p for p in root.glob(f"**/{BEST_CHECKPOINT}") if (p.parent.parent / METRICS_FILE).is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+class RunFolderCallback(Callback):
+    """Hydra callback for single runs: check settings and the run folder, then lock it, before Hydra writes it.
+
+    Hydra saves `.hydra/config.yaml` before any job callback or task code runs, so the check must happen in
+    `on_run_start`; sweeps are checked by the mlcap sweeper for every job before any is launched. Hydra turns
+    a callback's exceptions into warnings and goes on, so a refusal leaves through SystemExit (exit code 1).
+    """
+
+    def __init__(self) -> None:
+        self._lock: FileLock | None = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlcap.settings import SettingsError, validate
+
+        folder = Path(str(config.hydra.run.dir)).absolute()
+        try:
+            validate(config)
+            self._lock = lock_folder(folder)
+            state = check_folder(folder, resolved_task_config(config, folder))
+        except (SettingsError, RunFolderError) as err:
+            raise SystemExit(f"error: {err}") from None
+        if state != EMPTY:
+            log.info("%s holds a %s run of the same config", folder, state)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._lock is not None:
+            self._lock.release()

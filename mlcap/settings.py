@@ -1,0 +1,220 @@
+"""The public settings' types, ranges and allowed values, checked before any work starts.
+
+The YAML files under conf/ hold each key's default; this module holds what a value may be. The schemas are
+structured configs (OmegaConf checks and converts the types); ranges, choices and combinations are checked
+here because OmegaConf has no such constraints. `validate()` runs on every composed train config: in the
+Hydra callback of a single run, in the sweeper for every job of a sweep before any job starts, and in
+`train()`. Torch-free, so it costs nothing before the first job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = ["PUBLIC_KEYS", "SettingsError", "validate"]
+
+
+class SettingsError(ValueError):
+    """A setting with a value it may not take; the message names the key, the value and what is allowed."""
+
+
+def knob(
+    *,
+    choices: tuple[Any, ...] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A schema field: its type comes from the annotation, its default from the YAML (MISSING here)."""
+    limits = {"choices": choices, ">=": ge, ">": gt, "<=": le, "<": lt}
+    return field(default=MISSING, metadata={k: v for k, v in limits.items() if v is not None})
+
+
+@dataclass
+class ImageEncoderSchema:
+    # build_backbone() in mlcap.models.image_encoders knows how to build each of these.
+    name: str = knob(
+        choices=("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50", "resnext50", "small_cnn")
+    )
+    pretrained: bool = knob()
+    freeze: bool = knob()
+    dropout: float = knob(ge=0.0, lt=1.0)
+    trainable_blocks: int = knob(ge=0)
+    pooling: str = knob(choices=("avg", "label_attention"))
+
+
+@dataclass
+class ModelSchema:
+    caption: bool = knob()
+    word_vectors: str = knob(choices=("fasttext_sg", "word2vec_sg", "word2vec_cbow", "none"))
+    word_dim: int = knob(ge=1)
+    hidden_dim: int = knob(ge=1)
+    embed_dim: int = knob(ge=1)
+    rnn: str = knob(choices=("gru", "lstm"))
+    attention: bool = knob()
+    pooling: str = knob(choices=("last", "mean"))
+    batch_norm: bool = knob()
+    dropout: float = knob(ge=0.0, lt=1.0)
+    sentence_encoder: str | None = knob(choices=(None, "minilm"))  # noqa: UP007 (OmegaConf 2.3 reads Optional only)
+    sentence_trainable_layers: int = knob(ge=0, le=6)
+    sentence_lr_scale: float = knob(gt=0.0)
+    sentence_max_tokens: int = knob(ge=2)
+    aux_heads: bool = knob()
+    loss: str = knob(choices=("bce", "weighted_bce", "asl"))
+    weight_decay: float = knob(ge=0.0)
+    backbone_lr_scale: float = knob(gt=0.0)
+    scheduler: str = knob(choices=("constant", "onecycle"))
+
+
+@dataclass
+class DataSchema:
+    root: str = knob()
+    batch_size: int = knob(ge=1)
+    val_fraction: float = knob(gt=0.0, lt=1.0)
+    split_seed: int = knob(ge=0)
+    train_rows: int | None = knob(ge=1)  # noqa: UP007
+    max_len: int = knob(ge=1)
+    num_workers: int = knob(ge=0)
+    cache: bool = knob()
+    cache_views: int = knob(ge=1, le=4)
+    extract_batch_size: int = knob(ge=1)
+    vocab_min_freq: int = knob(ge=1)
+
+
+@dataclass
+class TrainSchema:
+    seed: int = knob(ge=0)
+    lr: float = knob(gt=0.0)
+    threshold: float = knob(gt=0.0, lt=1.0)
+    threshold_calibration: str = knob(choices=("none", "global", "per_class"))
+    tta: bool = knob()
+    ckpt_path: str | None = knob()  # noqa: UP007
+
+
+@dataclass
+class TrainerSchema:
+    max_epochs: int = knob(ge=1)
+    min_epochs: int = knob(ge=0)
+
+
+# Where each schema applies in the composed train config.
+SCHEMAS: dict[str, type] = {
+    "": TrainSchema,
+    "data": DataSchema,
+    "model": ModelSchema,
+    "model.image_encoder": ImageEncoderSchema,
+    "trainer": TrainerSchema,
+}
+
+
+def _public_keys() -> list[str]:
+    keys = []
+    for prefix, schema in SCHEMAS.items():
+        keys += [f"{prefix}.{f.name}" if prefix else f.name for f in dataclasses.fields(schema)]
+    return keys
+
+
+# The keys a user sets (README "Config keys"); TensorBoard's HPARAMS tab shows these beside a sweep's own.
+PUBLIC_KEYS: list[str] = _public_keys()
+
+
+def _allowed(meta: Mapping[str, Any]) -> str:
+    if "choices" in meta:
+        return "one of " + ", ".join("null" if c is None else str(c) for c in meta["choices"])
+    return " and ".join(f"{op} {bound}" for op, bound in meta.items())
+
+
+def _in_range(value: Any, meta: Mapping[str, Any]) -> bool:
+    tests: dict[str, Callable[[Any, Any], bool]] = {
+        ">=": lambda v, b: v >= b,
+        ">": lambda v, b: v > b,
+        "<=": lambda v, b: v <= b,
+        "<": lambda v, b: v < b,
+    }
+    if "choices" in meta:
+        return value in meta["choices"]
+    return value is None or all(tests[op](value, bound) for op, bound in meta.items())
+
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _typed(schema: type, node: Any, prefix: str) -> DictConfig:
+    """The node's schema keys converted to the schema's types (OmegaConf's check), or SettingsError."""
+    if not isinstance(node, DictConfig):
+        raise SettingsError(f"{prefix or 'the config'} must be a mapping, got {node!r}")
+    types = {f.name: f.type for f in dataclasses.fields(schema)}
+    missing = [name for name in types if name not in node.keys()]  # noqa: SIM118 (`in` skips ??? values)
+    if missing:
+        where = f"`{prefix}`" if prefix else "the top level"
+        raise SettingsError(f"{where} lacks the key(s) {', '.join(missing)}; compose from conf/train.yaml")
+    subset = OmegaConf.masked_copy(node, list(types))
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), subset)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        name = str(err.full_key)
+        key = f"{prefix}.{name}" if prefix else name
+        value = subset._get_node(name)._value() if name in subset else "?"  # noqa: SLF001 (raw, unconverted)
+        expected = _TYPE_NAMES.get(str(types.get(name)).replace("Optional[", "").rstrip("]"), "?")
+        raise SettingsError(f"{key}={value!r} is not allowed: it must be {expected}") from None
+
+
+def _check_schema(cfg: DictConfig, prefix: str, schema: type) -> dict[str, Any]:
+    node = OmegaConf.select(cfg, prefix, throw_on_missing=False) if prefix else cfg
+    typed = _typed(schema, node, prefix)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if OmegaConf.is_missing(typed, f.name):
+            raise SettingsError(f"{key} is required (e.g. {key}=...): no value was given")
+        value = typed[f.name]
+        if not _in_range(value, f.metadata):
+            raise SettingsError(f"{key}={value!r} is not allowed: it must be {_allowed(f.metadata)}")
+        values[key] = value
+    return values
+
+
+def _check_combinations(v: Mapping[str, Any]) -> None:
+    """Settings that are each fine but do not work together."""
+    if v["tta"]:
+        cached = v["data.cache"] and v["model.image_encoder.freeze"]
+        if not cached or v["data.cache_views"] < 2:
+            raise SettingsError(
+                "tta=true averages the cached flip views, so it needs data.cache=true, "
+                "model.image_encoder.freeze=true and data.cache_views >= 2 (got data.cache="
+                f"{v['data.cache']}, model.image_encoder.freeze={v['model.image_encoder.freeze']}, "
+                f"data.cache_views={v['data.cache_views']}); or set tta=false"
+            )
+    if v["model.sentence_trainable_layers"] and v["model.sentence_encoder"] is None:
+        raise SettingsError(
+            "model.sentence_trainable_layers > 0 fine-tunes the sentence encoder, but "
+            "model.sentence_encoder=null; set model.sentence_encoder=minilm or the layers to 0"
+        )
+    if v["model.image_encoder.trainable_blocks"] and not v["model.image_encoder.freeze"]:
+        raise SettingsError(
+            "model.image_encoder.trainable_blocks > 0 needs model.image_encoder.freeze=true "
+            "(with freeze=false the whole backbone trains already)"
+        )
+    if v["trainer.min_epochs"] > v["trainer.max_epochs"]:
+        raise SettingsError(
+            f"trainer.min_epochs={v['trainer.min_epochs']} exceeds trainer.max_epochs={v['trainer.max_epochs']}"
+        )
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Check every public key of a composed train config; return them as {dotted key: value}."""
+    from mlcap.runs import resolved_task_config
+
+    resolved = OmegaConf.create(resolved_task_config(cfg, "<run folder>"))
+    values: dict[str, Any] = {}
+    for prefix, schema in SCHEMAS.items():
+        values |= _check_schema(resolved, prefix, schema)
+    _check_combinations(values)
+    return values

@@ -1,0 +1,224 @@
+"""Trustworthy runs: a run folder, its config and its results always agree (issue 11).
+
+Re-runs of plain sweeps and single runs, runs started together, settings checked before any work, NaN
+losses, strict result files, and what TensorBoard's HPARAMS tab receives (read back through TensorBoard's
+own event reader and hparams protos).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import CONF, REPO, fast_overrides
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata
+
+from mlcap.runs import RunFolderError, lock_folder, write_json
+from mlcap.settings import SettingsError, validate
+from mlcap.train import train
+
+TRAIN = str(REPO / "train.py")
+
+
+def _train_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """`python train.py ...` in a subprocess; Hydra logs to stdout, errors go to stderr: both are merged."""
+    return subprocess.run(
+        [sys.executable, TRAIN, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+
+
+def _quick(tiny_demo: Path, tmp_path: Path) -> list[str]:
+    return [*fast_overrides(tiny_demo, tmp_path / "cache"), "trainer.max_epochs=1", "model/image_encoder=small_cnn"]
+
+
+def _recorded(folder: Path, key: str) -> tuple[object, object]:
+    """A key's value in Hydra's saved config and in mlcap's record of the run."""
+    hydra_saved = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    record = OmegaConf.load(folder / "config_resolved.yaml")
+    return OmegaConf.select(hydra_saved, key), OmegaConf.select(record, key)
+
+
+def _mtimes(folder: Path, pattern: str) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.glob(pattern)}
+
+
+def _hparams_logged(run: Path) -> tuple[list[tuple[str, bool]], dict[str, object], float]:
+    """What TensorBoard reads from a run folder: (hparam name, differs) in order, this run's values, hp metric."""
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    content = events.SummaryMetadata(metadata.EXPERIMENT_TAG).plugin_data.content
+    experiment = metadata.parse_experiment_plugin_data(content)
+    start = metadata.parse_session_start_info_plugin_data(
+        events.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
+    )
+    values = {k: v.number_value if v.HasField("number_value") else v.string_value for k, v in start.hparams.items()}
+    metric = events.Scalars("hp/best_val_samples_f1")[-1].value
+    return [(h.name, h.differs) for h in experiment.hparam_infos], values, metric
+
+
+def test_plain_sweep_names_folders_after_settings_and_reruns_never_relabel(tiny_demo: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    quick = _quick(tiny_demo, tmp_path)
+    first = _train_cli("-m", "lr=3e-4,3e-3", *quick, f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["lr=0.0003", "lr=0.003"]
+    for name, lr in (("lr=0.0003", 3e-4), ("lr=0.003", 3e-3)):
+        assert _recorded(sweep / name, "lr") == (lr, lr)
+    report = (sweep / "report.md").read_text()  # a plain sweep gets its report too
+    assert "2 jobs: 2 finished" in report and "`lr`" in report
+
+    # TensorBoard: the varied key first and marked as differing, the public keys beside it, no constants of
+    # the callbacks' config; each run carries its own value and its final F1.
+    hparams, values, metric = _hparams_logged(sweep / "lr=0.003")
+    assert hparams[0] == ("lr", True)
+    names = {name for name, _ in hparams}
+    assert {"model.attention", "model.hidden_dim", "data.batch_size", "seed"} <= names
+    assert not any(name.startswith(("callbacks", "trainer.enable")) for name in names)
+    assert [name for name, differs in hparams if differs] == ["lr"]
+    assert values["lr"] == pytest.approx(3e-3) and values["model.attention"] == "true"
+    metrics = json.loads((sweep / "lr=0.003" / "metrics.json").read_text())
+    assert metric == pytest.approx(metrics["val_samples_f1"])
+    assert OmegaConf.load(sweep / "lr=0.003" / "hparams.yaml")["lr"] == pytest.approx(3e-3)
+
+    # The same sweep with its values reordered: each job is found finished in its own folder.
+    done = _mtimes(sweep, "*/metrics.json") | _mtimes(sweep, "*/.hydra/config.yaml")
+    again = _train_cli("-m", "lr=3e-3,3e-4", *quick, f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert again.stdout.count("already finished with the same config") == 2
+    assert _mtimes(sweep, "*/metrics.json") | _mtimes(sweep, "*/.hydra/config.yaml") == done
+
+    # Another setting into the same folders: refused before anything runs, naming the key.
+    changed = _train_cli("-m", "lr=3e-3,3e-4", *quick, "model.hidden_dim=8", f"hydra.sweep.dir={sweep}")
+    assert changed.returncode != 0
+    assert "nothing was run" in changed.stdout and "model.hidden_dim (there 16, here 8)" in changed.stdout
+    assert _mtimes(sweep, "*/metrics.json") | _mtimes(sweep, "*/.hydra/config.yaml") == done
+    assert _recorded(sweep / "lr=0.0003", "model.hidden_dim") == (16, 16)
+
+
+def test_single_run_rerun_with_another_setting_is_refused(tiny_demo: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    quick = _quick(tiny_demo, tmp_path)
+    assert _train_cli(*quick, f"hydra.run.dir={run}").returncode == 0
+    done = _mtimes(run, "**/*")
+    changed = _train_cli(*quick, "lr=0.03", f"hydra.run.dir={run}")
+    assert changed.returncode == 1
+    assert "holds a finished run of another config" in changed.stdout
+    assert "lr (there 0.0003, here 0.03)" in changed.stdout
+    assert _mtimes(run, "**/*") == done  # .hydra/ included: nothing was rewritten
+    assert _recorded(run, "lr") == (3e-4, 3e-4)
+
+
+def test_interrupted_run_resumes_only_with_its_own_config(compose_train: Callable[..., DictConfig]) -> None:
+    cfg = compose_train("trainer.max_epochs=2")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    (run / "metrics.json").unlink()  # stopped after its last checkpoint, before the results
+    with pytest.raises(RunFolderError, match=r"interrupted \(resumable\) run of another config.*lr \(there"):
+        train(compose_train("trainer.max_epochs=2", "lr=0.03"))
+    assert not (run / "metrics.json").exists()
+    # Keys that only say where files go or how fast they are made may differ.
+    resumed = train(compose_train("trainer.max_epochs=2", "data.num_workers=1", "trainer.enable_model_summary=true"))
+    assert resumed["epochs"] == 2
+
+
+def test_two_runs_started_together_get_folders_of_their_own(tiny_demo: Path, tmp_path: Path) -> None:
+    quick = _quick(tiny_demo, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, TRAIN, *quick, f"seed={seed}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (0, 1)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    runs = sorted((tmp_path / "outputs" / "train").iterdir())
+    assert len(runs) == 2
+    seeds = sorted(OmegaConf.load(run / "config_resolved.yaml")["seed"] for run in runs)
+    assert seeds == [0, 1] and all((run / "metrics.json").is_file() for run in runs)
+
+
+def test_a_folder_in_use_is_refused(tmp_path: Path) -> None:
+    held = lock_folder(tmp_path / "run")
+    try:
+        with pytest.raises(RunFolderError, match="another mlcap process is writing to"):
+            lock_folder(tmp_path / "run")
+    finally:
+        held.release()
+    lock_folder(tmp_path / "run").release()  # free again once released
+
+
+def _compose_train(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["lr=abc"], "lr='abc' is not allowed: it must be a number"),
+        (["data.batch_size=1.5"], "data.batch_size=1.5 is not allowed: it must be an integer"),
+        (["model.attention=maybe"], "model.attention='maybe' is not allowed: it must be true or false"),
+        (["threshold=1.5"], "threshold=1.5 is not allowed: it must be > 0.0 and < 1.0"),
+        (["threshold=-0.5"], "threshold=-0.5 is not allowed"),
+        (["data.cache_views=0"], "data.cache_views=0 is not allowed: it must be >= 1 and <= 4"),
+        (["data.val_fraction=1"], "data.val_fraction=1.0 is not allowed"),
+        (["threshold_calibration=bogus"], "threshold_calibration='bogus' is not allowed: it must be one of none, global, per_class"),
+        (["model.rnn=transformer"], "model.rnn='transformer' is not allowed: it must be one of gru, lstm"),
+        (["model/image_encoder=small_cnn", "model.image_encoder.name=effnet"], "model.image_encoder.name='effnet'"),
+        (["tta=true", "data.cache_views=1"], "tta=true averages the cached flip views"),
+        (["tta=true", "model/image_encoder=small_cnn"], "model.image_encoder.freeze=true"),
+        (["model.sentence_trainable_layers=2"], "model.sentence_encoder=null"),
+        (["data=comp5329"], "data.root is required"),
+    ],
+)
+def test_bad_settings_name_the_key_the_value_and_what_is_allowed(overrides: list[str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        validate(_compose_train(*overrides))
+    assert message in str(caught.value)
+
+
+def test_bad_setting_stops_the_command_before_anything_is_read(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    result = _train_cli(f"paths.cache_dir={cache}", "threshold_calibration=bogus", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "error: threshold_calibration='bogus' is not allowed" in result.stdout
+    assert "Traceback" not in result.stdout
+    assert not cache.exists() and not (tmp_path / "outputs").exists()  # no demo data, no run folder
+    sweep = _train_cli("-m", f"paths.cache_dir={cache}", "lr=1e-3,abc", cwd=tmp_path)
+    assert sweep.returncode == 1 and "job lr=abc: lr='abc' is not allowed" in sweep.stdout
+    assert not cache.exists() and not (tmp_path / "multirun").exists()
+
+
+def test_diverging_loss_stops_the_run_without_results(compose_train: Callable[..., DictConfig]) -> None:
+    cfg = compose_train("lr=1e30", "model/image_encoder=small_cnn")
+    with pytest.raises(FloatingPointError, match="training loss is (nan|inf).*lower lr"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()
+
+
+def test_result_files_are_strict_json(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Out of range float"):
+        write_json(tmp_path / "metrics.json", {"val_samples_f1": float("nan")})
+    assert not list(tmp_path.iterdir())  # no partial file, no temporary left behind
+    write_json(tmp_path / "metrics.json", {"val_samples_f1": 0.5})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"val_samples_f1": 0.5}
