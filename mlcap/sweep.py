@@ -152,7 +152,8 @@ def command_line_lists(overrides: Iterable[Override]) -> list[CliList]:
                     f"{override.input_line!r}: only comma lists, range() and glob() can be swept here "
                     "(interval sweeps need an optimising sweeper such as optuna)"
                 )
-            lists[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+            # Values as config text (`false`, `0.003`), so folder names read like the overrides users type.
+            lists[key] = [f"{key}={format_value(bare_key(key), value)}" for value in override.sweep_iterator()]
         else:
             lists[key] = [f"{key}={override.get_value_element_as_str()}"]
     return list(lists.items())

@@ -147,6 +147,14 @@ def test_points_are_deduplicated_and_values_formatted_as_overrides() -> None:
         format_value("x", ["a", "b"])
 
 
+def test_command_line_values_are_written_as_config_text() -> None:
+    """Folder names read like what users type: `false`, not Python's `False`; `0.003` for `3e-3`."""
+    assert cli("model.attention=true,false", "lr=3e-3,3e-2") == [
+        ("model.attention", ["model.attention=true", "model.attention=false"]),
+        ("lr", ["lr=0.003", "lr=0.03"]),
+    ]
+
+
 def test_job_names_are_safe_folder_names() -> None:
     assert job_name([]) == "base"
     assert job_name(["model/image_encoder=small_cnn"]) == "model-image_encoder=small_cnn"
