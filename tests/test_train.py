@@ -122,8 +122,6 @@ def test_predict_takes_the_data_group_like_train(
     shutil.copytree(tiny_demo, elsewhere)
     result = _predict_scored(metrics["checkpoint"], elsewhere, tmp_path, "data=comp5329", f"data.root={elsewhere}")
     assert result["rows"] == TINY_DEMO["n_test"]
-    with pytest.raises(Exception, match="data.root"):  # comp5329 has no default root
-        predict(_compose("predict", [f"ckpt_path={metrics['checkpoint']}", "data=comp5329"], tmp_path / "p2"))
 
 
 def test_calibrated_thresholds_are_stored_in_the_checkpoint(trained_run: tuple[Path, dict]) -> None:
