@@ -181,6 +181,16 @@ def _check_schema(cfg: DictConfig, prefix: str, schema: type) -> dict[str, Any]:
     return values
 
 
+def _check_image_size(value: Any) -> None:
+    """One positive integer (square) or [height, width]: OmegaConf 2.3 has no union type for this key."""
+    sizes = list(value) if isinstance(value, list | tuple) or OmegaConf.is_list(value) else [value]
+    ok = len(sizes) in (1, 2) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)
+    if not ok:
+        raise SettingsError(
+            f"data.image_size={value!r} is not allowed: it must be a positive integer or [height, width]"
+        )
+
+
 def _check_combinations(v: Mapping[str, Any]) -> None:
     """Settings that are each fine but do not work together."""
     if v["tta"]:
@@ -216,5 +226,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for prefix, schema in SCHEMAS.items():
         values |= _check_schema(resolved, prefix, schema)
+    _check_image_size(OmegaConf.select(resolved, "data.image_size"))
     _check_combinations(values)
     return values

@@ -97,9 +97,9 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
     pl.seed_everything(cfg.seed, workers=True)
 
+    trainer, checkpoint, history = build_trainer(cfg)  # first: Lightning checks its own settings
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
-    trainer, checkpoint, history = build_trainer(cfg)
     # A sweep's varied keys, then the public keys (where files go and how fast are no hyperparameters).
     hparams = {**dict(compared or {}), **{k: v for k, v in settings.items() if not is_volatile(k)}}
     for logger in trainer.loggers:
