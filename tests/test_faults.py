@@ -7,6 +7,7 @@ bare checkpoint errors). They call the data module, the reader or the cache dire
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mlcap.data.comp5329 import DataFormatError, read_captions_csv
 from mlcap.data.datamodule import CaptionImageDataModule
@@ -94,12 +96,30 @@ def truncate(path: Path) -> None:
     path.write_bytes(data[: int(len(data) * 0.9)])
 
 
+def full_decode_fails(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.convert("RGB")
+    except OSError:
+        return True
+    return False
+
+
 def garble(path: Path) -> None:
-    """Random bytes over the entropy-coded data, after the headers (which still parse)."""
-    data = bytearray(path.read_bytes())
-    start = int(len(data) * 0.6)
-    data[start : start + 64] = np.random.default_rng(0).integers(0, 255, 64, dtype=np.uint8).tobytes()
-    path.write_bytes(bytes(data))
+    """0xFF bytes over the entropy-coded data (headers still parse), placed where a full decode fails.
+
+    Much garbling decodes to wrong pixels without any error, for every decoder; the promise is that the
+    pre-flight check rejects what a full decode (the extraction) would reject.
+    """
+    original = path.read_bytes()
+    scan = original.index(b"\xff\xda") + 16  # past the start-of-scan header: the entropy-coded data
+    for percent in range(0, 90, 10):
+        start = scan + (len(original) - scan) * percent // 100
+        data = original[:start] + b"\xff" * 64 + original[start + 64 :]
+        if full_decode_fails(data):
+            path.write_bytes(data)
+            return
+    raise AssertionError(f"could not garble {path} so that a full decode fails")
 
 
 def test_preflight_decodes_and_names_every_unreadable_image(data: Path) -> None:
@@ -107,6 +127,9 @@ def test_preflight_decodes_and_names_every_unreadable_image(data: Path) -> None:
     truncated, garbled = image_at(csv, 4), image_at(csv, 9)
     truncate(data / "data" / truncated)
     garble(data / "data" / garbled)
+    for name in (truncated, garbled):
+        with Image.open(data / "data" / name) as image:
+            assert image.size == (32, 32)  # the header still parses: only decoding finds the damage
     with pytest.raises(DataFormatError) as exc:
         module(data).setup("fit")
     message = str(exc.value)
