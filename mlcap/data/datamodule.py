@@ -14,7 +14,7 @@ import torch
 from platformdirs import user_cache_dir
 from torch.utils.data import DataLoader
 
-from mlcap.data.comp5329 import check_images, check_labels, read_captions_csv
+from mlcap.data.comp5329 import DataFormatError, check_images, check_labels, read_captions_csv
 from mlcap.data.datasets import CaptionRows, image_hw, image_transform
 from mlcap.data.demo import ensure_demo
 from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
@@ -111,16 +111,28 @@ class CaptionImageDataModule(pl.LightningDataModule):
         return path if path.is_absolute() else self.root / path
 
     def _read(self, name: str, labelled: bool) -> pd.DataFrame:
+        """The rows of a CSV, with labels checked; counting them comes before any image is decoded."""
         path = self._csv_path(name)
         if not path.exists():
             hint = " (set data.root to the folder holding train.csv, test.csv and data/)"
             raise FileNotFoundError(f"{path} does not exist{hint}")
         table = read_captions_csv(path)
+        if table.empty:
+            task = "training" if labelled else "prediction"
+            raise DataFormatError(
+                f"{path} has a header but no data rows; {task} needs at least one. Check that it is the "
+                "complete file (or point data.root / data.csv at the right one)."
+            )
         if labelled:
             if "labels" not in table:
                 raise ValueError(f"{path} has no Labels column; training needs labelled rows")
             check_labels(table, self.label_ids, path)
-        check_images(table, self.root / self.image_dir, path)
+        table["source"] = [f"{path}, line {line}" for line in table["line"]]
+        return table
+
+    def _load_images_and_tokens(self, table: pd.DataFrame, name: str) -> pd.DataFrame:
+        """Decode-check every image of the CSV (all at once, one error), then tokenise its captions."""
+        check_images(table, self.root / self.image_dir, self._csv_path(name))
         table["path"] = [self.root / self.image_dir / image_id for image_id in table["image_id"]]
         table["tokens"] = [preprocess_caption(caption) for caption in table["caption"]]
         return table
@@ -129,8 +141,12 @@ class CaptionImageDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate") and "train" not in self.tables:
             table = self._read(self.train_csv, labelled=True)
             train_idx, val_idx = split_indices(len(table), self.val_fraction, self.split_seed)
+            self._check_sizes(len(table), len(train_idx), len(val_idx))
+            unused_idx = None
             if self.train_rows is not None:
                 train_idx, unused_idx = self._subsample(train_idx)
+            table = self._load_images_and_tokens(table, self.train_csv)
+            if unused_idx is not None:
                 # Kept so the feature cache still covers the whole CSV: a learning curve reuses one cache.
                 self.tables["unused"] = table.iloc[unused_idx].reset_index(drop=True)
             self.tables["train"] = table.iloc[train_idx].reset_index(drop=True)
@@ -147,15 +163,36 @@ class CaptionImageDataModule(pl.LightningDataModule):
         if stage == "predict" and "predict" not in self.tables:
             if self.vocab is None:
                 raise ValueError("predicting needs the training vocabulary (it is stored in the checkpoint)")
-            self.tables["predict"] = self._read(self.predict_csv, labelled=False)
+            table = self._read(self.predict_csv, labelled=False)
+            self.tables["predict"] = self._load_images_and_tokens(table, self.predict_csv)
+
+    def _check_sizes(self, rows: int, n_train: int, n_val: int) -> None:
+        """Refuse splits and batches that cannot train, naming the counts and the key to change.
+
+        A training batch needs 2 rows for batch norm; a last batch of 1 cannot happen since the training
+        loader drops an incomplete last batch whenever there is more than one batch.
+        """
+        path = self._csv_path(self.train_csv)
+        if n_train < 2:
+            raise DataFormatError(
+                f"{path}: {rows} rows give {n_train} training and {n_val} validation rows at "
+                f"data.val_fraction={self.val_fraction}; training needs at least 2 training rows (batch norm "
+                "cannot train on one). Add rows or lower data.val_fraction."
+            )
+        if self.batch_size < 2:
+            raise DataFormatError(
+                f"data.batch_size={self.batch_size} gives training batches of one row, which batch norm cannot "
+                "train on; use data.batch_size >= 2."
+            )
 
     def _subsample(self, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A seeded subset of `train_rows` training rows (learning curves); validation rows are unchanged."""
         assert self.train_rows is not None
-        if not 1 <= self.train_rows <= len(train_idx):
-            raise ValueError(
-                f"data.train_rows={self.train_rows}, but the split has {len(train_idx)} training rows; "
-                f"use 1..{len(train_idx)} or null for all"
+        if not 2 <= self.train_rows <= len(train_idx):
+            raise DataFormatError(
+                f"data.train_rows={self.train_rows}, but the split of {self._csv_path(self.train_csv)} has "
+                f"{len(train_idx)} training rows; use 2..{len(train_idx)} (batch norm cannot train on one) "
+                "or null for all"
             )
         order = np.random.default_rng(self.split_seed).permutation(train_idx)
         return np.sort(order[: self.train_rows]), np.sort(order[self.train_rows :])
@@ -201,6 +238,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         names = ["predict"] if source == "predict" else ["train", "val", "unused"]
         tables = [self.tables[name] for name in names if name in self.tables]
         paths = [p for t in tables for p in t["path"]]
+        sources = [where for t in tables for where in t["source"]]
         spec = ExtractionSpec(
             encoder=self.encoder.name,
             # The tensors themselves, not where they came from: a checkpoint's backbone (built without
@@ -230,6 +268,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
                 device=device,
                 draft_size=self.image_size,
                 forward=self.encoder.cached_forward,
+                sources=[sources[i] for i in order],
             ),
         )
         features = torch.empty((len(paths), *array.shape[1:]), dtype=torch.float16)

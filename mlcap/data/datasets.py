@@ -52,7 +52,11 @@ def load_rgb(path: Path, draft_size: int | Sequence[int] | None = None) -> Image
 
 
 class ImageFiles(Dataset):
-    """Just the images, for feature extraction."""
+    """Just the images, for feature extraction, as (index, image, None) or, unreadable, (index, None, why).
+
+    A file that cannot be read is returned, not raised: raised in a DataLoader worker it would reach the user
+    as a long worker traceback without the CSV line; `extract_features` names it instead.
+    """
 
     def __init__(
         self,
@@ -67,8 +71,22 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(load_rgb(self.paths[index], self.draft_size))
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, self.transform(load_rgb(self.paths[index], self.draft_size)), None
+        except Exception as err:  # noqa: BLE001 - any failure to decode one file is reported with its row
+            cause = err.__cause__ or err
+            return index, None, f"{type(cause).__name__}: {' '.join(str(cause).split())[:160]}"
+
+
+def collate_images(
+    items: Sequence[tuple[int, torch.Tensor | None, str | None]],
+) -> tuple[torch.Tensor | None, list[tuple[int, str]]]:
+    """A batch of images and the (index, why) of any that could not be read (then the images are None)."""
+    failures = [(index, why) for index, _, why in items if why is not None]
+    if failures:
+        return None, failures
+    return torch.stack([image for _, image, _ in items]), []  # type: ignore[misc]
 
 
 class CaptionRows(Dataset):

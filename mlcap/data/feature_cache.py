@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mlcap.data.datasets import ImageFiles
+from mlcap.data.comp5329 import DataFormatError
+from mlcap.data.datasets import ImageFiles, collate_images
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +75,14 @@ class FeatureCache:
     def path(self, spec: ExtractionSpec, paths: Sequence[Path]) -> Path:
         return self.cache_dir / f"{self.key(spec, paths)}.npy"
 
-    def _load(self, path: Path, rows: int, views: int) -> np.ndarray | None:
+    def _load(self, path: Path, rows: int, views: int, warn: bool = True) -> np.ndarray | None:
+        """The verified array at `path`, or None (with one warning line when `warn`) if absent or untrustworthy."""
         if not path.exists():
             return None
-        try:
-            array = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as err:
-            log.warning("feature cache: ignoring unreadable %s (%s)", path, err)
-            return None
-        if array.ndim < 3 or array.shape[:2] != (rows, views):
-            log.warning("feature cache: ignoring %s with shape %s", path, array.shape)
-            return None
-        return np.array(array)  # read fully: a memmap would keep the file open and read-only
+        array, problem = _verified(path, rows, views)
+        if problem is not None and warn:
+            log.warning("feature cache: %s %s; recomputing it", path, problem)
+        return array
 
     def load_or_create(
         self, spec: ExtractionSpec, paths: Sequence[Path], extract: Callable[[], np.ndarray]
@@ -110,9 +107,10 @@ class FeatureCache:
     def _stored(
         self, path: Path, rows: int, views: int, meta: dict, extract: Callable[[], np.ndarray]
     ) -> np.ndarray:
-        cached = self._load(path, rows, views)
+        # Quietly first: a file being rewritten by another run may not match its checksum for a moment.
+        cached = self._load(path, rows, views, warn=False)
         if cached is not None:
-            log.info("feature cache hit: %s (%d rows, no encoder pass)", path, rows)
+            log.info("feature cache hit: %s (%d rows, verified, no encoder pass)", path, rows)
             return cached
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
@@ -123,20 +121,75 @@ class FeatureCache:
             for stale in self.cache_dir.glob(path.name + ".tmp-*"):
                 stale.unlink(missing_ok=True)
             log.info("feature cache miss: computing %s for %d rows into %s", meta.get("encoder"), rows, path)
-            features = np.asarray(extract(), dtype=np.float16)
-            if features.shape[:2] != (rows, views):
-                raise RuntimeError(
-                    f"extractor returned shape {features.shape}, expected ({rows}, {views}, ...)"
-                )
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            with open(tmp, "wb") as handle:
-                np.save(handle, features)
-                handle.flush()
-                os.fsync(handle.fileno())
-            meta = {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-            os.replace(tmp, path)
+            features = _checked_output(extract(), rows, views)
+            _write_atomically(path, features, meta)
         return features
+
+
+def checksum(array: np.ndarray) -> str:
+    """SHA-256 of the array's bytes, shape and dtype (1.7 GB/s here: 0.05 s for the sample's 82 MB)."""
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return digest.hexdigest()
+
+
+def _verified(path: Path, rows: int, views: int) -> tuple[np.ndarray | None, str | None]:
+    """(array, None) if the file is whole and matches the checksum stored beside it, else (None, why)."""
+    try:
+        expected = json.loads(path.with_suffix(".json").read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "has no readable checksum in its .json (lost, or written before checksums)"
+    try:
+        array = np.load(path)  # read fully: a memmap would keep the file open and read-only
+    except Exception as err:  # noqa: BLE001 - any failure to parse means the file cannot be trusted
+        return None, f"is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:160]})"
+    if array.ndim < 3 or array.shape[:2] != (rows, views):
+        return None, f"has shape {array.shape}, expected ({rows}, {views}, ...)"
+    if checksum(array) != expected:
+        return None, "does not match its checksum (changed or damaged on disk)"
+    if not _all_finite(array):
+        return None, "holds NaN or infinite values"
+    return array, None
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """No NaN or inf; for float16, by the exponent bits (4x faster than np.isfinite: 0.014 s for 82 MB)."""
+    if array.dtype != np.float16 or array.size == 0:
+        return bool(np.isfinite(array).all())
+    return int((array.view(np.uint16) & 0x7C00).max()) < 0x7C00  # exponent all ones: inf or NaN
+
+
+def _checked_output(output: np.ndarray, rows: int, views: int) -> np.ndarray:
+    """The extractor's output as float16, refused if its shape is wrong or a value is not finite."""
+    features = np.asarray(output, dtype=np.float16)
+    if features.shape[:2] != (rows, views):
+        raise RuntimeError(f"extractor returned shape {features.shape}, expected ({rows}, {views}, ...)")
+    finite = np.isfinite(features.reshape(rows, -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"the encoder returned non-finite values (NaN/inf, or beyond float16's range) for {len(bad)} of "
+            f"{rows} rows (row indices {bad[:5].tolist()}); nothing was cached. Check those inputs."
+        )
+    return features
+
+
+def _write_atomically(path: Path, features: np.ndarray, meta: dict) -> None:
+    """Write array and checksum so that no reader ever trusts a partial file: temp file, fsync, rename.
+
+    The .json (with the checksum) goes first; a reader that meets the old array with the new checksum sees a
+    mismatch and waits for the lock instead of trusting either.
+    """
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as handle:
+        np.save(handle, features)
+        handle.flush()
+        os.fsync(handle.fileno())
+    meta = {**meta, "sha256": checksum(features), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    json_tmp = tmp.with_name(tmp.name + ".json")
+    json_tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(json_tmp, path.with_suffix(".json"))
+    os.replace(tmp, path)
 
 
 def extract_features(
@@ -149,10 +202,13 @@ def extract_features(
     device: torch.device | str = "cpu",
     draft_size: int | Sequence[int] | None = None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sources: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Backbone output of every image under each flip view, as float16 [images, views, *output shape].
 
     `forward` (default: `backbone` itself) computes what is stored, such as `ImageEncoder.cached_forward`.
+    `sources` says where each path comes from (e.g. "train.csv, line 17") for the error an unreadable image
+    raises: after the first one only decoding goes on, so the error lists every unreadable image at once.
 
     Decoding and resizing run in DataLoader workers, overlapped with the forward pass; channels-last memory
     and, on a GPU, half precision make the pass itself fast.
@@ -170,14 +226,20 @@ def extract_features(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        collate_fn=collate_images,
     )
     chunks: list[np.ndarray] = []
+    failures: list[tuple[int, str]] = []
     with (
         torch.inference_mode(),
         tqdm(total=len(paths), unit="img", desc="extracting features", mininterval=2.0) as progress,
         torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"),
     ):
-        for images in loader:
+        for images, bad in loader:
+            progress.update(len(bad) if images is None else len(images))
+            failures += bad
+            if failures:
+                continue  # no forward pass any more, just find every other unreadable image
             images = images.to(device, non_blocking=True)
             # One forward per view at the loader's batch size: a 4x larger batch ran slower per image here.
             per_view = [
@@ -186,6 +248,22 @@ def extract_features(
             ]
             features = torch.stack(per_view, dim=1).float()
             chunks.append(features.cpu().numpy().astype(np.float16))
-            progress.update(len(images))
     backbone.train(was_training)
+    if failures:
+        raise _unreadable_images(failures, paths, sources)
     return np.concatenate(chunks) if chunks else np.zeros((0, views, 0), dtype=np.float16)
+
+
+def _unreadable_images(
+    failures: Sequence[tuple[int, str]], paths: Sequence[Path], sources: Sequence[str] | None
+) -> DataFormatError:
+    """One line naming every image extraction could not read, with its CSV file and line."""
+    where = [
+        f"{paths[i]} ({sources[i] if sources else f'image {i}'}): {why}" for i, why in sorted(failures)[:100]
+    ]
+    more = f" and {len(failures) - len(where)} more" if len(failures) > len(where) else ""
+    return DataFormatError(
+        f"{len(failures)} image(s) could not be read during feature extraction (changed since the pre-flight "
+        f"check?): {'; '.join(where)}{more}. Replace those files (or remove their rows) and run again; "
+        "nothing was cached."
+    )

@@ -1,0 +1,114 @@
+"""Checkpoint files checked before Lightning loads them, so a damaged one is named with what to do about it.
+
+Without this, a zero-byte `.ckpt` gives a bare `EOFError`, a truncated one torch's zip message without the
+path, and a truncated `last.ckpt` makes every automatic resume fail the same way until someone finds it.
+Here every such file raises :class:`CheckpointError` naming the path, what is wrong and what to do.
+
+Lightning checkpoints are zip archives (torch's format) whose members carry CRC-32 checksums, so checking
+every member's CRC finds truncation and garbling in any byte without unpickling anything; unpickling then
+checks that it is a Lightning checkpoint at all. Loading uses ``weights_only=False``, as Lightning's own
+``load_from_checkpoint`` does by default: the hyper-parameters are pickled objects, so only load checkpoints
+you trust.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "check_checkpoint", "check_resumable", "load_checkpoint"]
+
+# What Lightning needs to resume training (it raises a KeyError deep in fit() without the optimizer state).
+RESUME_KEYS = ("epoch", "global_step", "optimizer_states")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and what to do."""
+
+
+def _advice(path: Path, automatic: bool) -> str:
+    if automatic:
+        return (
+            "It is the interrupted run's last checkpoint, which the automatic resume would load: delete it "
+            f"(rm '{path}') to train this run from the start, or pass ckpt_path=<another checkpoint> to resume "
+            "from that one."
+        )
+    return (
+        "Pass ckpt_path= a complete checkpoint (e.g. <run>/checkpoints/best.ckpt or last.ckpt), "
+        "or train again to write a new one."
+    )
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why the file itself is unusable (missing, empty, a damaged archive), or None."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_file():
+        return "is not a file"
+    if path.stat().st_size == 0:
+        return "is empty (0 bytes; the run writing it was probably killed)"
+    if not zipfile.is_zipfile(path):
+        return None  # no zip directory: truncated, not a checkpoint, or torch's legacy format; loading tells
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"is a damaged archive ({err})"
+    return f"is damaged: its member {damaged} fails its CRC check" if damaged else None
+
+
+def _load(path: Path, map_location: Any, automatic: bool, mmap: bool = False) -> dict:
+    """The checkpoint dict; `mmap` (zip format only) maps tensors instead of reading them, for checks."""
+    problem = _file_problem(path)
+    if problem is None:
+        is_zip = zipfile.is_zipfile(path)
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap and is_zip)
+        except Exception as err:  # noqa: BLE001 - whatever torch or pickle raise, the file is unusable
+            first = " ".join(str(err).split()).split(". ")[0][:160]  # torch's messages run on for lines
+            kind = (
+                "cannot be loaded" if is_zip else "is truncated or not a torch checkpoint (no zip directory)"
+            )
+            problem = f"{kind} ({type(err).__name__}: {first})"
+    if problem is None and not (isinstance(checkpoint, dict) and "state_dict" in checkpoint):
+        found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        problem = f"is not a Lightning checkpoint (no state_dict; found {found})"
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} {problem}. {_advice(path, automatic)}")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path, *, map_location: Any = "cpu", automatic: bool = False) -> dict:
+    """The checkpoint's dict, or a :class:`CheckpointError` naming the file and what to do.
+
+    `automatic`: the file was picked by the automatic resume (the advice is then to delete it).
+    """
+    return _load(Path(path), map_location, automatic)
+
+
+def check_checkpoint(path: str | Path, *, automatic: bool = False) -> Path:
+    """`path` if it holds a complete Lightning checkpoint (for predicting or reloading the best weights)."""
+    path = Path(path)
+    _load(path, "cpu", automatic, mmap=True)
+    return path
+
+
+def check_resumable(path: str | Path, *, automatic: bool = False) -> Path:
+    """`path` if training can resume from it: complete, and with epoch, step and optimizer state.
+
+    Call it before `trainer.fit(..., ckpt_path=path)`; `automatic=True` when the path is the run's own
+    `checkpoints/last.ckpt` picked by the automatic resume rather than given as `ckpt_path=`.
+    """
+    path = Path(path)
+    checkpoint = _load(path, "cpu", automatic, mmap=True)
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} holds weights but not the training state to resume from (no {missing}; "
+            "saved with save_weights_only?). Use it for predicting, or pass ckpt_path= a last.ckpt written "
+            "by training."
+        )
+    return path
