@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from mlcap.checkpoints import check_checkpoint
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule, multi_hot
 from mlcap.data.text import Vocabulary
@@ -58,7 +59,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     quiet_libraries()
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     device = "cuda" if torch.cuda.is_available() and cfg.get("accelerator", "auto") != "cpu" else "cpu"
-    model = MultiLabelClassifier.load_from_checkpoint(ckpt, load_pretrained=False, map_location=device)
+    model = MultiLabelClassifier.load_from_checkpoint(
+        check_checkpoint(ckpt), load_pretrained=False, map_location=device
+    )
     log.info("predicting with %s", ckpt)
     data_cfg: dict[str, Any] = dict(model.hparams["preprocessing"])
     if cfg.data.root is not None:
@@ -85,6 +88,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     preds = decide_labels(probs, model.threshold).bool().numpy()
     label_ids = np.asarray(model.label_ids)
     table = datamodule.tables["predict"]
+    if len(preds) != len(table):  # one row per input row, or no file at all
+        raise RuntimeError(f"{len(preds)} predictions for {len(table)} rows of {cfg.data.csv}; nothing written")
     submission = pd.DataFrame(
         {"ImageID": table["image_id"], "Labels": [" ".join(map(str, label_ids[row])) for row in preds]}
     )

@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mlcap.calibration import calibrate, cross_fitted_f1
+from mlcap.checkpoints import check_checkpoint, check_resumable, load_checkpoint
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.word_vectors import train_word_vectors
@@ -135,13 +136,15 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
 
 
 def _resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
-    """An explicit ckpt_path, else the folder's last.ckpt (an interrupted run of the same config)."""
-    ckpt_path = cfg.get("ckpt_path")
+    """An explicit ckpt_path, else the folder's last.ckpt (an interrupted run of the same config); either is
+    checked before any work, so a damaged file is named with what to do rather than failing deep in fit()."""
+    if cfg.get("ckpt_path") is not None:
+        return str(check_resumable(cfg.ckpt_path))
     last = output_dir / LAST_CHECKPOINT
-    if ckpt_path is None and last.is_file():
-        log.info("resuming the interrupted run in %s from %s", output_dir, last)
-        ckpt_path = str(last)
-    return ckpt_path
+    if not last.is_file():
+        return None
+    log.info("resuming the interrupted run in %s from %s", output_dir, last)
+    return str(check_resumable(last, automatic=True))
 
 
 def build_datamodule(cfg: DictConfig) -> CaptionImageDataModule:
@@ -204,7 +207,10 @@ def load_best(checkpoint: ModelCheckpoint, model: MultiLabelClassifier) -> tuple
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
     if not best_path:
         return model, ""
-    return MultiLabelClassifier.load_from_checkpoint(best_path, load_pretrained=False, map_location="cpu"), best_path
+    best = MultiLabelClassifier.load_from_checkpoint(
+        check_checkpoint(best_path), load_pretrained=False, map_location="cpu"
+    )
+    return best, best_path
 
 
 @dataclass
@@ -303,7 +309,7 @@ def positive_weights(datamodule: CaptionImageDataModule, cap: float = 50.0) -> l
 
 def set_checkpoint_threshold(path: Path, threshold: float | list[float]) -> None:
     """Store a calibrated threshold in a checkpoint, atomically: a crash never leaves a half-written file."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(path)
     checkpoint["hyper_parameters"]["threshold"] = threshold
     tmp = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, tmp)

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import CONF, REPO, fast_overrides
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
+from mlcap.checkpoints import CheckpointError
+from mlcap.predict import predict
 from mlcap.runs import RunFolderError, lock_folder, write_json
 from mlcap.settings import SettingsError, validate
 from mlcap.train import train
@@ -224,3 +226,30 @@ def test_result_files_are_strict_json(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # no partial file, no temporary left behind
     write_json(tmp_path / "metrics.json", {"val_samples_f1": 0.5})
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"val_samples_f1": 0.5}
+
+
+def test_a_damaged_last_checkpoint_is_named_before_an_automatic_resume(
+    compose_train: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    cfg = compose_train("trainer.max_epochs=1", "model/image_encoder=small_cnn")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    (run / "metrics.json").unlink()
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # killed while writing
+    with pytest.raises(CheckpointError, match=r"last\.ckpt.*delete it.*ckpt_path="):
+        train(cfg)
+    best = run / "checkpoints" / "best.ckpt"
+    best.write_bytes(b"")
+    predict_cfg = _compose_predict(f"ckpt_path={best}", f"output={tmp_path / 'sub.csv'}")
+    with pytest.raises(CheckpointError, match=r"best\.ckpt is empty"):
+        predict(predict_cfg)
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def _compose_predict(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("predict", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = "unused"
+    return cfg
