@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,8 +323,15 @@ def _is_numeric(values: Sequence[Any]) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
-def _plot_f1(table: pd.DataFrame, key: str | None, keys: Sequence[str], path: Path) -> Path | None:
-    """val samples-F1 (mean, std error bars) against one key, or per setting when several keys vary."""
+def _plot_f1(
+    table: pd.DataFrame,
+    key: str | None,
+    keys: Sequence[str],
+    path: Path,
+    paper: Sequence[tuple[dict[str, Any], float]] = (),
+) -> Path | None:
+    """val samples-F1 (mean, std error bars) against one key, or per setting when several keys vary; the
+    study's figure for a setting (`paper`: (setting, F1) pairs) as a red cross beside ours."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,7 +346,10 @@ def _plot_f1(table: pd.DataFrame, key: str | None, keys: Sequence[str], path: Pa
         fig, ax = plt.subplots(figsize=(6, 4))
         ordered = done.sort_values(key)
         x = ordered[key].astype(float)
-        ax.errorbar(x, ordered["val_samples_f1_mean"], yerr=err[ordered.index], marker="o", capsize=4)
+        ax.errorbar(
+            x, ordered["val_samples_f1_mean"], yerr=err[ordered.index], marker="o", capsize=4, label="ours"
+        )
+        _mark_paper(ax, [(float(row[key]), _paper_f1(row, keys, paper)) for _, row in ordered.iterrows()])
         if (x > 0).all() and x.max() / x.min() >= 10:
             ax.set_xscale("log")
         ax.set_xticks(list(x), [_value_text(v) for v in ordered[key]])
@@ -350,15 +360,25 @@ def _plot_f1(table: pd.DataFrame, key: str | None, keys: Sequence[str], path: Pa
         shown_keys = [key] if key is not None else list(keys)
         labels = [", ".join(f"{k}={_value_text(row[k])}" for k in shown_keys) for _, row in done.iterrows()]
         fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(done)))
-        ax.barh(range(len(done)), mean, xerr=err, capsize=4, color="tab:blue")
+        ax.barh(range(len(done)), mean, xerr=err, capsize=4, color="tab:blue", label="ours")
+        _mark_paper(ax, [(_paper_f1(row, keys, paper), i) for i, (_, row) in enumerate(done.iterrows())])
         ax.set_yticks(range(len(done)), labels, fontsize=8)
         ax.invert_yaxis()  # first setting on top, as in the tables
         ax.set_xlabel(title)
     ax.grid(alpha=0.3)
+    if paper:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _mark_paper(ax: Any, points: Sequence[tuple[float | None, float | None]]) -> None:
+    shown = [(x, y) for x, y in points if x is not None and y is not None]
+    if shown:
+        xs, ys = zip(*shown, strict=True)
+        ax.scatter(xs, ys, marker="x", color="tab:red", s=60, zorder=3, label="the paper")
 
 
 def _plot_per_class(per_class: pd.DataFrame, path: Path) -> Path:
@@ -395,11 +415,14 @@ def _common_overrides(jobs: Sequence[JobRecord]) -> list[str]:
     return [o for o in with_overrides[0] if all(o in other for other in with_overrides[1:])]
 
 
-def write_report(sweep_dir: str | Path, layout: str = "auto") -> Path:
+def write_report(
+    sweep_dir: str | Path, layout: str = "auto", paper: Mapping[str, Any] | None = None
+) -> Path:
     """Write report.md, CSVs and PNGs into `sweep_dir`; return the report path.
 
     layout: "flat" (one table), "one-at-a-time" (one table per varied key) or "auto" (one-at-a-time when the
-    sweep was planned with axes, e.g. sweep=table4).
+    sweep was planned with axes, e.g. sweep=table4). paper: the study's tables (conf/paper/*.yaml) to show
+    beside ours; by default those the sweep was run with (its multirun.yaml).
     """
     if layout not in ("auto", "flat", "one-at-a-time"):
         raise ValueError(f"layout must be auto, flat or one-at-a-time, got {layout!r}")
@@ -421,6 +444,9 @@ def write_report(sweep_dir: str | Path, layout: str = "auto") -> Path:
     finished = settings[settings["n"] > 0] if not settings.empty else settings
     best_f1 = float(finished["val_samples_f1_mean"].max()) if not finished.empty else None
     oat = layout == "one-at-a-time" or (layout == "auto" and bool(axes))
+    paper_tables = _paper_tables(sweep_dir) if paper is None else [dict(t) for t in paper.values()]
+    base = _base_values(settings, keys) if not settings.empty else {}
+    common_config = {k: v for k, v in jobs[0].config.items() if k not in keys} if jobs[0].config else {}
 
     counts = frame["status"].value_counts()
     status_text = ", ".join(
@@ -442,10 +468,11 @@ def write_report(sweep_dir: str | Path, layout: str = "auto") -> Path:
         "",
     ]
     plots: list[Path] = []
+    if paper_tables and not settings.empty:
+        lines += _paper_sections(paper_tables, settings, keys, {**common_config, **base})
     if settings.empty:
         lines += ["No job has a saved config yet.", ""]
     elif oat and keys:
-        base = _base_values(settings, keys)
         lines += [
             "## Results, one key at a time",
             "",
@@ -457,14 +484,17 @@ def write_report(sweep_dir: str | Path, layout: str = "auto") -> Path:
         for key, table in one_at_a_time_tables(settings, keys).items():
             write_atomic(sweep_dir / f"settings_{_slug(key)}.csv", table.to_csv(index=False))
             lines += [f"### `{key}`", "", _markdown(_display(table, [key], best_f1))]
-            plot = _plot_f1(table, key, [key], sweep_dir / f"val_samples_f1_by_{_slug(key)}.png")
+            marks = _paper_marks(paper_tables, [key])
+            plot = _plot_f1(table, key, [key], sweep_dir / f"val_samples_f1_by_{_slug(key)}.png", marks)
             plots += [plot] if plot else []
     else:
         lines += ["## Results", "", _markdown(_display(settings, keys, best_f1))]
+        marks = _paper_marks(paper_tables, keys, {**common_config, **base})
         if len(keys) == 1:
-            plot = _plot_f1(settings, keys[0], keys, sweep_dir / f"val_samples_f1_by_{_slug(keys[0])}.png")
+            path = sweep_dir / f"val_samples_f1_by_{_slug(keys[0])}.png"
+            plot = _plot_f1(settings, keys[0], keys, path, marks)
         else:
-            plot = _plot_f1(settings, None, keys, sweep_dir / "val_samples_f1_by_setting.png")
+            plot = _plot_f1(settings, None, keys, sweep_dir / "val_samples_f1_by_setting.png", marks)
         plots += [plot] if plot else []
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
@@ -474,6 +504,100 @@ def write_report(sweep_dir: str | Path, layout: str = "auto") -> Path:
     report = sweep_dir / "report.md"
     write_atomic(report, "\n".join(lines).rstrip() + "\n")
     return report
+
+
+# ---------------------------------------------------------------------------------------- the paper
+def _paper_tables(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The study's tables the sweep was run with (hydra.callbacks.report.paper in its multirun.yaml)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return []
+    saved = _read_yaml(path)
+    paper = OmegaConf.select(OmegaConf.create(saved), "hydra.callbacks.report.paper", default=None)
+    return list(OmegaConf.to_container(paper).values()) if paper else []  # type: ignore[union-attr]
+
+
+def _target(setting: Mapping[str, Any], keys: Sequence[str], base: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The values of our varied keys at which a paper row was measured, or None if our sweep cannot have it
+    (it sets a key that our jobs all hold at another value)."""
+    for key, value in setting.items():
+        if key not in keys and key in base and not _same_value(base[key], value):
+            return None
+    return {key: setting.get(key, base.get(key)) for key in keys}
+
+
+def _matching(settings: pd.DataFrame, target: Mapping[str, Any] | None) -> pd.Series | None:
+    if target is None:
+        return None
+    rows = settings[settings.apply(lambda row: _row_matches(row, dict(target)), axis=1)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _paper_marks(
+    tables: Sequence[Mapping[str, Any]], keys: Sequence[str], base: Mapping[str, Any] | None = None
+) -> list[tuple[dict[str, Any], float]]:
+    """(our varied values, the paper's F1) for the plots: with `base`, every paper row placed at the sweep's
+    base; without, only the rows that set exactly `keys` (a one-at-a-time plot of one key)."""
+    marks = []
+    for table in tables:
+        for row in table.get("rows", []):
+            setting = dict(row["setting"])
+            target = _target(setting, keys, base) if base is not None else (
+                setting if set(setting) == set(keys) else None
+            )
+            if target is not None and row.get("val_samples_f1") is not None:
+                marks.append((target, float(row["val_samples_f1"])))
+    return marks
+
+
+def _paper_f1(row: pd.Series, keys: Sequence[str], marks: Sequence[tuple[dict[str, Any], float]]) -> float | None:
+    for target, f1 in marks:
+        if all(_same_value(row[k], target[k]) for k in keys):
+            return f1
+    return None
+
+
+def _paper_cells(ours: pd.Series | None, prow: Mapping[str, Any], metric: str, std: bool = True) -> list[str]:
+    """paper | ours (| ours - paper for F1) for one metric; '—' where either side has no figure."""
+    paper = prow.get(metric)
+    n = int(ours["n"]) if ours is not None else 0
+    mine = ours.get(f"{metric}_mean", ours.get(metric)) if ours is not None and n else None
+    cells = [f"{paper:.4g}" if paper is not None else "—"]
+    if metric == "val_samples_f1":
+        cells.append(_mean_std(mine, ours["val_samples_f1_std"], n) if mine is not None else "not run")
+        cells.append(f"{mine - paper:+.4f}" if mine is not None and paper is not None else "—")
+    else:
+        cells.append(f"{mine:.4g}" if mine is not None and not pd.isna(mine) else "—")
+    return cells
+
+
+def _paper_sections(
+    tables: Sequence[Mapping[str, Any]], settings: pd.DataFrame, keys: Sequence[str], base: Mapping[str, Any]
+) -> list[str]:
+    """One section per table of the study: the paper's figures, ours (mean ± std over seeds), the difference."""
+    lines = [
+        "## The study's tables: the paper's figures beside ours",
+        "",
+        "The paper's columns are the study's own reported figures (its data, its ResNeXt-50 backbone, one run "
+        "each), whatever data this sweep ran on; ours are mean ± std over this sweep's seeds (n).",
+        "",
+    ]
+    for table in tables:
+        rows = []
+        for prow in table.get("rows", []):
+            ours = _matching(settings, _target(dict(prow["setting"]), keys, base))
+            setting = " ".join(f"{k}={_value_text(v)}" for k, v in prow["setting"].items())
+            rows.append(
+                [f"{prow.get('name', setting)} (`{setting}`)", str(int(ours["n"])) if ours is not None else "0"]
+                + _paper_cells(ours, prow, "val_samples_f1")
+                + _paper_cells(ours, prow, "val_loss")
+                + _paper_cells(ours, prow, "train_loss")
+                + _paper_cells(ours, prow, "model_size_mb")
+            )
+        columns = ["setting", "n", "F1: paper", "F1: ours", "ours − paper", "val loss: paper", "val loss: ours",
+                   "train loss: paper", "train loss: ours", "MB: paper", "MB: ours"]
+        lines += [f"### {table.get('title', 'Table')}", "", _markdown(pd.DataFrame(rows, columns=columns))]
+    return lines
 
 
 def _own_overrides(job: JobRecord, common: Sequence[str]) -> str:
@@ -545,8 +669,10 @@ def _problem_section(jobs: Sequence[JobRecord], common: Sequence[str]) -> list[s
 class ReportCallback(Callback):
     """Hydra callback (hydra.callbacks.report) that writes the sweep's report when a multirun ends."""
 
-    def __init__(self, layout: str = "auto") -> None:
+    def __init__(self, layout: str = "auto", paper: Mapping[str, Any] | None = None) -> None:
         self.layout = layout
+        # The study's tables (conf/paper/*.yaml), composed in by the table sweeps.
+        self.paper = OmegaConf.to_container(paper) if OmegaConf.is_config(paper) else paper
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.runtime.choices.get("sweep") is None:
@@ -559,7 +685,7 @@ class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            report = write_report(sweep_dir, layout=self.layout)
+            report = write_report(sweep_dir, layout=self.layout, paper=self.paper)
         except Exception:
             log.exception("could not write the sweep report; run `python -m mlcap.report %s`", sweep_dir)
             raise

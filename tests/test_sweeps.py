@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,36 @@ def test_table_configs_expand_to_the_study_tables() -> None:
     ]
     assert table1.hydra.sweep.dir == "multirun/table1"
     assert table1.hydra.callbacks.report._target_ == "mlcap.report.ReportCallback"
+
+
+def test_study_sweep_runs_every_distinct_setting_of_the_four_tables_once() -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        study = compose("train", overrides=["sweep=study"], return_hydra_config=True)
+        tables = [compose("train", overrides=[f"sweep=table{n}"], return_hydra_config=True) for n in (1, 2, 3, 4)]
+    axes = OmegaConf.to_container(study.hydra.sweeper.axes)
+    base = {key: OmegaConf.select(study, key) for key in axes}
+    jobs = expand_sweep(cli("sweep=study", "seed=0,1,2"), sweep_points(None, axes, base))
+    settings = sorted({re.sub(r"(^|,)seed=\d$", "", job.name) or "base" for job in jobs})
+    assert len(settings) == 16 and len(jobs) == 48 and "base" in settings
+    assert {"model.caption=false", "model.word_vectors=word2vec_cbow", "model.attention=false",
+            "model.batch_norm=false", "lr=0.03", "data.batch_size=128"} <= set(settings)
+    # Every table's own jobs are among the study's (the base model stands for the tables' "with" rows).
+    for table in tables:
+        sweeper = table.hydra.sweeper
+        points = sweep_points(
+            OmegaConf.to_container(sweeper.points) if sweeper.get("points") else None,
+            OmegaConf.to_container(sweeper.axes) if sweeper.get("axes") else None,
+            {key: OmegaConf.select(table, key) for key in (sweeper.get("axes") or {})},
+        )
+        for point in points:
+            differs = {k: v for k, v in point.items() if OmegaConf.select(study, k) != v}
+            assert not differs or any(p == differs for p in sweep_points(None, axes, base)), point
+    # The paper's figures of all four tables travel with the study (and each with its own table sweep).
+    paper = study.hydra.callbacks.report.paper
+    assert list(paper) == ["table1", "table2", "table3", "table4"]
+    assert paper.table2.rows[0] == {"name": "without attention", "setting": {"model.attention": False},
+                                    "train_loss": 0.137472, "val_loss": 0.1302, "val_samples_f1": 0.7402}
+    assert list(tables[3].hydra.callbacks.report.paper) == ["table4"]
 
 
 def test_seeds_and_command_line_lists_multiply_every_point() -> None:
@@ -212,6 +243,7 @@ def test_sweep_runs_in_parallel_then_rerun_skips_finished_jobs(tiny_demo: Path, 
     assert jobs == ["model.attention=false", "model.attention=true"]
     report = (sweep_dir / "report.md").read_text()
     assert "2 jobs: 2 finished" in report and "`model.attention`" in report
+    assert "### Table 2: attention" in report and "| 0.8564 " in report  # the paper's figures beside ours
     assert (sweep_dir / "settings.csv").is_file() and (
         sweep_dir / "val_samples_f1_by_model.attention.png"
     ).is_file()
