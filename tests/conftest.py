@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from mlcap.data.demo import ensure_demo
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-SAMPLE = REPO.parent / "shared" / "data" / "comp5329-sample"
+# The real COMP5329 sample for the real-data tests (skipped where absent): MLCAP_SAMPLE_DIR, else ../shared.
+SAMPLE = Path(os.environ.get("MLCAP_SAMPLE_DIR", REPO.parent / "shared" / "data" / "comp5329-sample"))
 TINY_DEMO = {"n_train": 240, "n_test": 40, "image_size": 32, "seed": 0}
 
 

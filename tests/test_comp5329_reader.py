@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLE
 from PIL import Image
 
 from mlcap.data.comp5329 import DataFormatError, check_images, check_labels, read_captions_csv
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/comp5329-sample"
 LABEL_IDS = [i for i in range(1, 20) if i != 12]
 TRAIN_HEADER = "ImageID,Labels,Caption\n"
 TEST_HEADER = "ImageID,Caption\n"

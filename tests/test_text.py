@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SAMPLE
 
 from mlcap.data.text import PAD_TOKEN, UNK_TOKEN, Vocabulary, preprocess_caption
 from mlcap.data.word_vectors import WORD_VECTOR_KINDS, train_word_vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "shared/data/comp5329-sample"
+SAMPLE_DIR = SAMPLE  # MLCAP_SAMPLE_DIR or ../shared (conftest)
 
 
 # --- preprocessing ---------------------------------------------------------------------------------------
