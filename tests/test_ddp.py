@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CONF, REPO, fast_overrides
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
@@ -17,8 +18,6 @@ from mlcap.inference import probabilities
 from mlcap.metrics import decide_labels, samples_f1
 from mlcap.models.lit_module import MultiLabelClassifier
 from mlcap.train import build_datamodule
-
-from conftest import CONF, REPO, fast_overrides
 
 # Rank 0 writes all of these; rank 1 (re-launched by Lightning with hydra.output_subdir=null) only its log.
 RANK_ZERO_FILES = {
