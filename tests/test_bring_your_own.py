@@ -41,7 +41,10 @@ def test_timm_weights_file_loads_its_tensors_and_timm_preprocessing(name: str, t
     assert list(loaded) == list(saved) and all(torch.equal(loaded[k], saved[k]) for k in saved)
     config = timm.data.resolve_model_data_config(encoder.backbone)
     assert (encoder.mean, encoder.std) == (tuple(config["mean"]), tuple(config["std"]))
-    assert encoder.input_size == tuple(config["input_size"][1:]) and encoder.interpolation == config["interpolation"]
+    assert (
+        encoder.input_size == tuple(config["input_size"][1:])
+        and encoder.interpolation == config["interpolation"]
+    )
     # The split at feature_info: bottom (cached) then top (trained) then timm's head pooling == the whole model.
     images = torch.randn(2, 3, 64, 64)
     features = encoder.cached_forward(images)
@@ -79,7 +82,9 @@ def test_a_timm_model_trains_on_cached_features(
     assert 0.0 <= metrics["val_samples_f1"] <= 1.0 and Path(metrics["checkpoint"]).is_file()
     cached = list((tmp_path / "cache" / "features").glob(f"{name}-*.npy"))
     assert len(cached) == 1  # extracted once, with timm's bicubic resize in its key
-    assert metrics["model_size_mb"] * 1e6 > sum(t.numel() * 4 for t in torch.load(path)["state_dict"].values())
+    assert metrics["model_size_mb"] * 1e6 > sum(
+        t.numel() * 4 for t in torch.load(path)["state_dict"].values()
+    )
 
 
 def test_timm_config_takes_the_models_input_size(compose_train: Callable[..., DictConfig]) -> None:
@@ -99,7 +104,11 @@ def test_timm_config_takes_the_models_input_size(compose_train: Callable[..., Di
         (["model.image_encoder.name=resnet10t"], "with model.image_encoder.weights=null it must be one of"),
         (["model/image_encoder=timm"], "model.image_encoder.name is required"),
         (
-            ["model/image_encoder=timm", "model.image_encoder.name=resnet10t", "model.image_encoder.weights=/no/w.pt"],
+            [
+                "model/image_encoder=timm",
+                "model.image_encoder.name=resnet10t",
+                "model.image_encoder.weights=/no/w.pt",
+            ],
             "model.image_encoder.weights='/no/w.pt' is not allowed: it must be hub, none or the path",
         ),
     ],

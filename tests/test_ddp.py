@@ -33,7 +33,9 @@ def test_ddp_on_two_cpu_processes_writes_one_result_equal_to_a_single_process_ev
 ) -> None:
     run, cache = tmp_path / "run", tmp_path / "cache"
     overrides = [*fast_overrides(tiny_demo, cache), "data.cache_views=1", "trainer.max_epochs=2"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID")
+    }
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "trainer=ddp_cpu", *overrides, f"hydra.run.dir={run}"],

@@ -172,7 +172,9 @@ class CaptionImageDataModule(pl.LightningDataModule):
         if self._image_size is not None:
             return self._image_size
         if self.encoder is None:
-            raise ValueError("data.image_size=null takes the image encoder's input size: attach the encoder first")
+            raise ValueError(
+                "data.image_size=null takes the image encoder's input size: attach the encoder first"
+            )
         return self.encoder.input_size
 
     @property
@@ -233,7 +235,11 @@ class CaptionImageDataModule(pl.LightningDataModule):
         sorted_paths = [paths[i] for i in order]
         device = next(self.encoder.backbone.parameters()).device
         transform = image_transform(
-            self.image_size, self.encoder.mean, self.encoder.std, train=False, interpolation=self.interpolation
+            self.image_size,
+            self.encoder.mean,
+            self.encoder.std,
+            train=False,
+            interpolation=self.interpolation,
         )
         array = self.cache.load_or_create(
             spec,

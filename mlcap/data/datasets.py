@@ -31,7 +31,10 @@ def image_transform(
     """Resize (the backbone's interpolation), the study's random horizontal/vertical flips when training, then
     the backbone's normalisation. No centre crop: in multi-label images objects near the border count too."""
     mode = v2.InterpolationMode(interpolation)
-    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize(image_hw(image_size), interpolation=mode, antialias=True)]
+    steps: list[v2.Transform] = [
+        v2.ToImage(),
+        v2.Resize(image_hw(image_size), interpolation=mode, antialias=True),
+    ]
     if train:
         steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]

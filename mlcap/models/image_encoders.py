@@ -203,7 +203,9 @@ def _timm_from_file(name: str, path: Path) -> nn.Module:
             f"model.image_encoder.weights={path}: no such file; give a state dict of timm {name}, or hub / none"
         )
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
+        return timm.create_model(
+            name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
+        )
     except (RuntimeError, KeyError, ValueError, OSError) as err:
         raise RuntimeError(
             f"model.image_encoder.weights={path} does not hold timm {name}'s weights ({err}); the file must be "
@@ -290,7 +292,9 @@ def _check_chain(name: str, model: nn.Module, stages: list[nn.Module]) -> None:
         except (RuntimeError, AssertionError, TypeError):
             chained = torch.empty(0)
     model.train(was_training)
-    fits = chained.shape == expected.shape and chained.ndim == 4 and torch.allclose(chained, expected, atol=1e-4)
+    fits = (
+        chained.shape == expected.shape and chained.ndim == 4 and torch.allclose(chained, expected, atol=1e-4)
+    )
     if not fits:
         raise ValueError(
             f"timm {name} is not a chain of stages ending in a [batch, channels, height, width] map, so "
@@ -362,7 +366,9 @@ class ImageEncoder(nn.Module):
             if num_labels is None:
                 raise ValueError("image_encoder.pooling=label_attention needs num_labels")
             self.label_pool = LabelAttentionPooling(self.feature_dim, num_labels, dropout)
-        stages = backbone_stages(name, self.backbone, self.preset) if (trainable_blocks or self.label_pool) else []
+        stages = (
+            backbone_stages(name, self.backbone, self.preset) if (trainable_blocks or self.label_pool) else []
+        )
         if trainable_blocks and not freeze:
             raise ValueError(
                 "image_encoder.trainable_blocks needs freeze=true (without it everything trains)"
@@ -417,7 +423,11 @@ class ImageEncoder(nn.Module):
         for stage in self._top:
             features = stage(features)
         # timm's own head pooling (e.g. ConvNeXt's pool + LayerNorm), as in the unsplit forward; presets: mean.
-        pooled = features.mean(dim=(2, 3)) if self.preset else self.backbone.forward_head(features, pre_logits=True)
+        pooled = (
+            features.mean(dim=(2, 3))
+            if self.preset
+            else self.backbone.forward_head(features, pre_logits=True)
+        )
         label_logits = None
         if self.label_pool is not None:
             label_logits = self.label_pool(features.flatten(2).transpose(1, 2))

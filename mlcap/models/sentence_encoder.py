@@ -226,7 +226,9 @@ def _load(name: str) -> nn.Module:
         return SentenceTransformer(source, device="cpu")
     except OSError as err:
         if Path(source).is_dir():
-            raise OSError(f"model.sentence_encoder={name}: {source} is not a sentence-transformers model ({err})") from err
+            raise OSError(
+                f"model.sentence_encoder={name}: {source} is not a sentence-transformers model ({err})"
+            ) from err
         raise _not_available(name, source, f"could not be downloaded ({err})") from err
 
 
