@@ -219,6 +219,17 @@ def latest_finished_checkpoint(root: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def launched_rank() -> int:
+    """The global rank a launcher gave this process (Lightning's DDP children, SLURM, torchrun), else 0.
+
+    The environment variables Lightning itself reads; read here without importing torch.
+    """
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return 0
+
+
 class RunFolderCallback(Callback):
     """Hydra callback for single runs: check settings and the run folder, then lock it, before Hydra writes it.
 
@@ -234,6 +245,8 @@ class RunFolderCallback(Callback):
         from mlcap.settings import SettingsError, validate
 
         folder = Path(str(config.hydra.run.dir)).absolute()
+        if launched_rank() != 0:
+            return  # a DDP process that rank 0 started (or SLURM): rank 0 checked and locked this folder
         try:
             validate(config)
             self._lock = lock_folder(folder)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -37,12 +38,16 @@ def knob(
     return field(default=MISSING, metadata={k: v for k, v in limits.items() if v is not None})
 
 
+# The built-in image encoders (mlcap.models.image_encoders.PRESETS; `weights: null`), kept here torch-free.
+IMAGE_PRESETS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50", "resnext50", "small_cnn")
+
+
 @dataclass
 class ImageEncoderSchema:
-    # build_backbone() in mlcap.models.image_encoders knows how to build each of these.
-    name: str = knob(
-        choices=("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50", "resnext50", "small_cnn")
-    )
+    # A built-in preset's name (weights null), or any timm model's (weights hub | none | <file>): see
+    # _check_image_encoder; build_backbone() in mlcap.models.image_encoders builds both.
+    name: str = knob()
+    weights: str | None = knob()  # noqa: UP007
     pretrained: bool = knob()
     freeze: bool = knob()
     dropout: float = knob(ge=0.0, lt=1.0)
@@ -62,8 +67,9 @@ class ModelSchema:
     pooling: str = knob(choices=("last", "mean"))
     batch_norm: bool = knob()
     dropout: float = knob(ge=0.0, lt=1.0)
-    sentence_encoder: str | None = knob(choices=(None, "minilm"))  # noqa: UP007 (OmegaConf 2.3 reads Optional only)
-    sentence_trainable_layers: int = knob(ge=0, le=6)
+    # minilm (offline), a sentence-transformers name or a local directory (mlcap.models.sentence_encoder)
+    sentence_encoder: str | None = knob()  # noqa: UP007 (OmegaConf 2.3 reads Optional only)
+    sentence_trainable_layers: int = knob(ge=0)  # at most the model's layer count: checked when it is built
     sentence_lr_scale: float = knob(gt=0.0)
     sentence_max_tokens: int = knob(ge=2)
     aux_heads: bool = knob()
@@ -182,17 +188,44 @@ def _check_schema(cfg: DictConfig, prefix: str, schema: type) -> dict[str, Any]:
 
 
 def _check_image_size(value: Any) -> None:
-    """One positive integer (square) or [height, width]: OmegaConf 2.3 has no union type for this key."""
+    """null (the encoder's own size), one positive integer (square) or [height, width]: OmegaConf 2.3 has no
+    union type for this key."""
+    if value is None:
+        return
     sizes = list(value) if isinstance(value, list | tuple) or OmegaConf.is_list(value) else [value]
     ok = len(sizes) in (1, 2) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)
     if not ok:
         raise SettingsError(
-            f"data.image_size={value!r} is not allowed: it must be a positive integer or [height, width]"
+            f"data.image_size={value!r} is not allowed: it must be null, a positive integer or [height, width]"
+        )
+
+
+def _check_image_encoder(v: Mapping[str, Any]) -> None:
+    """A preset name needs `weights: null`; a timm model's weights are hub, none or an existing file."""
+    name, weights = v["model.image_encoder.name"], v["model.image_encoder.weights"]
+    if weights is None and name not in IMAGE_PRESETS:
+        raise SettingsError(
+            f"model.image_encoder.name={name!r} is not allowed: with model.image_encoder.weights=null it must be "
+            f"one of the built-in encoders {', '.join(IMAGE_PRESETS)}; for any timm model use "
+            f"model/image_encoder=timm model.image_encoder.name={name}"
+        )
+    if not name:
+        raise SettingsError("model.image_encoder.name='' is not allowed: it must name a timm model")
+    if weights not in (None, "hub", "none") and not Path(weights).expanduser().is_file():
+        raise SettingsError(
+            f"model.image_encoder.weights={weights!r} is not allowed: it must be hub, none or the path of an "
+            "existing state-dict file, and there is no such file"
+        )
+    if v["model.sentence_encoder"] == "":
+        raise SettingsError(
+            "model.sentence_encoder='' is not allowed: it must be null, minilm, a sentence-transformers model "
+            "name or a local directory"
         )
 
 
 def _check_combinations(v: Mapping[str, Any]) -> None:
     """Settings that are each fine but do not work together."""
+    _check_image_encoder(v)
     if v["tta"]:
         cached = v["data.cache"] and v["model.image_encoder.freeze"]
         if not cached or v["data.cache_views"] < 2:

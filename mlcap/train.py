@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from mlcap.calibration import calibrate, cross_fitted_f1
 from mlcap.checkpoints import check_checkpoint, check_resumable, load_checkpoint
@@ -28,7 +29,9 @@ from mlcap.data.word_vectors import train_word_vectors
 from mlcap.inference import probabilities
 from mlcap.metrics import classification_table, decide_labels, samples_f1
 from mlcap.models.fusion import inference_size_bytes
+from mlcap.models.image_encoders import build_backbone
 from mlcap.models.lit_module import MultiLabelClassifier
+from mlcap.models.sentence_encoder import sentence_source
 from mlcap.runs import (
     CONFIG_FILE,
     FAILED_FILE,
@@ -95,8 +98,10 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         log.info("%s holds this run, finished (val samples-F1 %.4f): skipping", output_dir, done["val_samples_f1"])
         return done
     ckpt_path = _resume_from(cfg, output_dir)
-    write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
+    if _global_rank() == 0:  # DDP: the other ranks read the folder, never write it
+        write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
     pl.seed_everything(cfg.seed, workers=True)
+    check_encoders(cfg)
 
     trainer, checkpoint, history = build_trainer(cfg)  # first: Lightning checks its own settings
     datamodule = build_datamodule(cfg)
@@ -145,6 +150,24 @@ def _resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
         return None
     log.info("resuming the interrupted run in %s from %s", output_dir, last)
     return str(check_resumable(last, automatic=True))
+
+
+def _global_rank() -> int:
+    """This process's rank as the launcher set it (Lightning's DDP children, SLURM, torchrun); 0 alone."""
+    return int(rank_zero_only.rank)
+
+
+def check_encoders(cfg: DictConfig) -> None:
+    """Fail before any data is read when an encoder's weights are not at hand (offline hub, missing file).
+
+    A timm backbone is built once here and dropped (its weights then sit in the hub cache for the real
+    build); the sentence encoder's source is resolved without loading it.
+    """
+    encoder = cfg.model.image_encoder
+    if encoder.get("weights") is not None and encoder.pretrained:
+        build_backbone(encoder.name, True, encoder.weights)
+    if cfg.model.sentence_encoder:
+        sentence_source(cfg.model.sentence_encoder)
 
 
 def build_datamodule(cfg: DictConfig) -> CaptionImageDataModule:

@@ -191,7 +191,7 @@ def _compose_train(*overrides: str) -> DictConfig:
         (["tta=true", "model/image_encoder=small_cnn"], "model.image_encoder.freeze=true"),
         (["model.sentence_trainable_layers=2"], "model.sentence_encoder=null"),
         (["data=comp5329"], "data.root is required"),
-        (["data.image_size=-5"], "data.image_size=-5 is not allowed: it must be a positive integer or [height, width]"),
+        (["data.image_size=-5"], "data.image_size=-5 is not allowed: it must be null, a positive integer or [height, width]"),
         (["data.image_size=[224,320,3]"], "data.image_size=[224, 320, 3] is not allowed"),
     ],
 )

@@ -65,7 +65,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         train_rows: int | None = None,
         max_len: int = 32,
-        image_size: int | Sequence[int] = 224,
+        image_size: int | Sequence[int] | None = 224,
         num_workers: int = 2,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -86,7 +86,8 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.split_seed = split_seed
         self.train_rows = train_rows
         self.max_len = max_len
-        self.image_size = image_hw(image_size)
+        # None: the image encoder's own input size (timm's data config), known once it is attached.
+        self._image_size = image_hw(image_size) if image_size is not None else None
         self.num_workers = num_workers
         self.use_cache = cache
         self.cache = FeatureCache(cache_dir or default_cache_dir() / "features")
@@ -202,6 +203,21 @@ class CaptionImageDataModule(pl.LightningDataModule):
         """Preprocessed train-split captions, for training word vectors on train data only."""
         return list(self.tables["train"]["tokens"])
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """`data.image_size`, or (null) the attached image encoder's own input size."""
+        if self._image_size is not None:
+            return self._image_size
+        if self.encoder is None:
+            raise ValueError(
+                "data.image_size=null takes the image encoder's input size: attach the encoder first"
+            )
+        return self.encoder.input_size
+
+    @property
+    def interpolation(self) -> str:
+        return self.encoder.interpolation if self.encoder is not None else "bilinear"
+
     # ---------------------------------------------------------------- features
     def attach_image_encoder(self, encoder: ImageEncoder) -> None:
         self.encoder = encoder
@@ -240,7 +256,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         paths = [p for t in tables for p in t["path"]]
         sources = [where for t in tables for where in t["source"]]
         spec = ExtractionSpec(
-            encoder=self.encoder.name,
+            encoder=self.encoder.name.replace("/", "_"),  # the key is a file name (hf-hub:org/model)
             # The tensors themselves, not where they came from: a checkpoint's backbone (built without
             # pretrained weights, then loaded) must hit the features cached while training it.
             weights=self.encoder.cache_fingerprint(),
@@ -248,13 +264,21 @@ class CaptionImageDataModule(pl.LightningDataModule):
             mean=tuple(self.encoder.mean),
             std=tuple(self.encoder.std),
             views=self.cache_views,
+            # Only a non-default resize joins the key, so the built-in encoders keep their cached features.
+            decode="pil-draft" if self.interpolation == "bilinear" else f"pil-draft+{self.interpolation}",
             output="map" if self.encoder.spatial else "pooled",
         )
         # Sorted so the key does not depend on the split.
         order = sorted(range(len(paths)), key=lambda i: str(paths[i]))
         sorted_paths = [paths[i] for i in order]
         device = next(self.encoder.backbone.parameters()).device
-        transform = image_transform(self.image_size, self.encoder.mean, self.encoder.std, train=False)
+        transform = image_transform(
+            self.image_size,
+            self.encoder.mean,
+            self.encoder.std,
+            train=False,
+            interpolation=self.interpolation,
+        )
         array = self.cache.load_or_create(
             spec,
             sorted_paths,
@@ -301,7 +325,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
                 tokens, lengths, labels, features=features, random_view=train, view=view, sentences=sentences
             )
         mean, std = (self.encoder.mean, self.encoder.std) if self.encoder else ((0.5,) * 3, (0.5,) * 3)
-        transform = image_transform(self.image_size, mean, std, train=train)
+        transform = image_transform(self.image_size, mean, std, train=train, interpolation=self.interpolation)
         return CaptionRows(
             tokens,
             lengths,

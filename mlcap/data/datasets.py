@@ -22,10 +22,19 @@ def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def image_transform(
-    image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float], train: bool
+    image_size: int | Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool,
+    interpolation: str = "bilinear",
 ) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize, the study's random horizontal/vertical flips when training, then the backbone's normalisation."""
-    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize(image_hw(image_size), antialias=True)]
+    """Resize (the backbone's interpolation), the study's random horizontal/vertical flips when training, then
+    the backbone's normalisation. No centre crop: in multi-label images objects near the border count too."""
+    mode = v2.InterpolationMode(interpolation)
+    steps: list[v2.Transform] = [
+        v2.ToImage(),
+        v2.Resize(image_hw(image_size), interpolation=mode, antialias=True),
+    ]
     if train:
         steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
+import timm.data
 import torch
 import torchvision
 from torch import nn
@@ -30,9 +33,15 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights_id: str
+    # The model's own input size (height, width) and resize interpolation: `data.image_size=null` uses them.
+    input_size: tuple[int, int] = (224, 224)
+    interpolation: str = "bilinear"
 
 
 EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# The built-in encoders (`weights: null` in their config files): fixed weights sources, hand-made stage splits.
+PRESETS = (*EFFICIENTNET_LITES, "resnext50", "resnet50", "small_cnn")
+HUB, NO_WEIGHTS = "hub", "none"
 
 
 def _efficientnet_lite(name: str, pretrained: bool) -> Backbone:
@@ -64,7 +73,8 @@ def _efficientnet_lite(name: str, pretrained: bool) -> Backbone:
             )
         model.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))
         weights_id = f"{package}:{path.rsplit('/', 1)[-1]}"
-    return Backbone(model, model.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), weights_id)
+    size = tuple(model.pretrained_cfg["input_size"][1:])
+    return Backbone(model, model.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), weights_id, size)  # type: ignore[arg-type]
 
 
 def _torchvision_resnet(builder: Callable[..., nn.Module], weights_enum: type, pretrained: bool) -> Backbone:
@@ -108,8 +118,13 @@ class SmallCNN(nn.Module):
         return self.layers(images)
 
 
-def build_backbone(name: str, pretrained: bool = True) -> Backbone:
-    """Build a backbone by its config name (`model/image_encoder=<name>`)."""
+def build_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> Backbone:
+    """Build a backbone: a built-in preset (`weights=None`) or any timm model with `weights` hub|none|<file>.
+
+    `pretrained=False` skips loading weights (a checkpoint's own tensors replace them).
+    """
+    if weights is not None:
+        return timm_backbone(name, weights if pretrained else NO_WEIGHTS)
     if name in EFFICIENTNET_LITES:
         return _efficientnet_lite(name, pretrained)
     if name == "resnext50":
@@ -121,11 +136,81 @@ def build_backbone(name: str, pretrained: bool = True) -> Backbone:
         )
     if name == "small_cnn":
         cnn = SmallCNN()
-        return Backbone(cnn, cnn.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random")
+        return Backbone(cnn, cnn.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random", (64, 64))
     raise ValueError(
-        f"Unknown image encoder {name!r}; choose one of {', '.join(EFFICIENTNET_LITES)}, resnext50, resnet50, "
-        "small_cnn"
+        f"Unknown built-in image encoder {name!r}; choose one of {', '.join(PRESETS)}, or any timm model with "
+        f"model/image_encoder=timm model.image_encoder.name={name}"
     )
+
+
+def timm_backbone(name: str, weights: str) -> Backbone:
+    """Any timm model without its classifier, with its own preprocessing from timm's data config.
+
+    `weights`: `hub` (timm's pretrained weights: the local hub cache, else downloaded), `none` (random init) or
+    a file holding a state dict (or a checkpoint dict with one under `state_dict`/`model`), loaded by timm.
+    """
+    check_timm_name(name)
+    if weights == NO_WEIGHTS:
+        model, weights_id = timm.create_model(name, pretrained=False, num_classes=0), "random"
+    elif weights == HUB:
+        model, weights_id = _timm_from_hub(name), f"timm:{name}"
+    else:
+        model, weights_id = _timm_from_file(name, Path(weights).expanduser()), f"file:{weights}"
+    config = timm.data.resolve_model_data_config(model)
+    mean, std = tuple(config["mean"]), tuple(config["std"])
+    size = tuple(int(v) for v in config["input_size"][1:])
+    return Backbone(model, model.num_features, mean, std, weights_id, size, config["interpolation"])  # type: ignore[arg-type]
+
+
+def check_timm_name(name: str) -> None:
+    """A clear error for a name timm does not know, with the closest names it does."""
+    if timm.is_model(name) or name.startswith(("hf-hub:", "hf_hub:")):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5)
+    hint = f"; close names: {', '.join(close)}" if close else ""
+    raise ValueError(
+        f"model.image_encoder.name={name!r} is not a timm model{hint} (timm.list_models('*pattern*') lists them)"
+    )
+
+
+def hub_cache_locations() -> str:
+    """Where timm looks for hub weights: the Hugging Face hub cache, and torch's cache for URL weights."""
+    from huggingface_hub import constants
+
+    return f"{constants.HF_HUB_CACHE} (Hugging Face hub cache; HF_HOME moves it) or {torch.hub.get_dir()}/checkpoints"
+
+
+def _timm_from_hub(name: str) -> nn.Module:
+    cfg = timm.models.get_pretrained_cfg(name.split(":")[-1]) if timm.is_model(name) else None
+    if cfg is not None and not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise MissingWeightsError(
+            f"timm has no pretrained weights for {name}; use model.image_encoder.weights=none (random init) "
+            "or model.image_encoder.weights=<path to a state dict>"
+        )
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0)
+    except (OSError, RuntimeError, ValueError, urllib.error.URLError) as err:
+        raise MissingWeightsError(
+            f"timm's pretrained weights for {name} are neither in the local cache ({hub_cache_locations()}) "
+            f"nor downloadable ({type(err).__name__}: {err}). Go online once to fill the cache, or give a "
+            f"file: model.image_encoder.weights=<path to {name}'s state dict>"
+        ) from err
+
+
+def _timm_from_file(name: str, path: Path) -> nn.Module:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.image_encoder.weights={path}: no such file; give a state dict of timm {name}, or hub / none"
+        )
+    try:
+        return timm.create_model(
+            name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
+        )
+    except (RuntimeError, KeyError, ValueError, OSError) as err:
+        raise RuntimeError(
+            f"model.image_encoder.weights={path} does not hold timm {name}'s weights ({err}); the file must be "
+            "its state dict (or a checkpoint dict with it under state_dict/model)"
+        ) from err
 
 
 def state_fingerprint(module: nn.Module) -> str:
@@ -137,11 +222,15 @@ def state_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def backbone_stages(name: str, module: nn.Module) -> list[nn.Module]:
+def backbone_stages(name: str, module: nn.Module, preset: bool = True) -> list[nn.Module]:
     """The backbone as consecutive stages whose composition gives its last spatial feature map.
 
-    Splitting here is what lets a frozen bottom be cached once while the top stages train on its output.
+    Splitting here is what lets a frozen bottom be cached once while the top stages train on its output. The
+    presets keep their hand-made splits (and so their feature-cache keys); timm models are split at their
+    `feature_info` modules.
     """
+    if not preset:
+        return timm_stages(name, module)
     if name in EFFICIENTNET_LITES:
         return [
             nn.Sequential(module.conv_stem, module.bn1),
@@ -155,6 +244,63 @@ def backbone_stages(name: str, module: nn.Module) -> list[nn.Module]:
         layers = list(module.layers)[:-2]  # without the global pool and flatten
         return [nn.Sequential(*layers[i : i + 4]) for i in range(0, len(layers), 4)]
     raise ValueError(f"no stage split known for image encoder {name!r}")
+
+
+# Children that belong to the classifier side (timm's forward_head), never to a stage.
+_HEAD_CHILDREN = ("global_pool", "head", "fc", "classifier", "head_drop", "fc_norm", "pre_logits", "avgpool")
+
+
+def timm_stages(name: str, model: nn.Module) -> list[nn.Module]:
+    """A timm model's children, flattened where a feature stage sits inside a Sequential, cut after each
+    `feature_info` module; what follows the last one up to the head joins the last stage. Checked on a random
+    image against `forward_features`: models whose forward is not a chain of children (e.g. ViTs' position
+    embedding) are refused with a clear error instead of training on a wrong map."""
+    marks = {info["module"] for info in model.feature_info}
+    children: list[tuple[str, nn.Module]] = []
+    for child_name, child in model.named_children():
+        if isinstance(child, nn.Sequential) and any(m.startswith(f"{child_name}.") for m in marks):
+            children += [(f"{child_name}.{n}", c) for n, c in child.named_children()]
+        elif child_name in _HEAD_CHILDREN:
+            break  # forward_head from here on
+        else:
+            children.append((child_name, child))
+    stages: list[list[nn.Module]] = []
+    current: list[nn.Module] = []
+    for child_name, child in children:
+        current.append(child)
+        if child_name in marks:
+            stages.append(current)
+            current = []
+    if current:  # after the last feature module (e.g. a head conv, norm_pre): part of the last map
+        stages[-1:] = [[*(stages[-1] if stages else []), *current]]
+    split = [nn.Sequential(*stage) for stage in stages]
+    _check_chain(name, model, split)
+    return split
+
+
+def _check_chain(name: str, model: nn.Module, stages: list[nn.Module]) -> None:
+    was_training = model.training
+    model.eval()
+    size = timm.data.resolve_model_data_config(model)["input_size"]
+    probe = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.forward_features(probe)
+        try:
+            chained = probe
+            for stage in stages:
+                chained = stage(chained)
+        except (RuntimeError, AssertionError, TypeError):
+            chained = torch.empty(0)
+    model.train(was_training)
+    fits = (
+        chained.shape == expected.shape and chained.ndim == 4 and torch.allclose(chained, expected, atol=1e-4)
+    )
+    if not fits:
+        raise ValueError(
+            f"timm {name} is not a chain of stages ending in a [batch, channels, height, width] map, so "
+            "model.image_encoder.trainable_blocks and pooling=label_attention are not available for it; use "
+            "trainable_blocks=0 with pooling=avg (frozen, cached) or freeze=false (end-to-end fine-tuning)"
+        )
 
 
 class LabelAttentionPooling(nn.Module):
@@ -177,7 +323,8 @@ class LabelAttentionPooling(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Backbone -> pooled features -> projection to the fusion embedding size.
+    """Backbone (a built-in preset, or any timm model with `weights`) -> pooled features -> projection to the
+    fusion embedding size.
 
     With `freeze=True` the backbone's bottom never trains and stays in eval mode (batch-norm statistics
     included), which is what lets the data side cache its output: `cached_forward` computes what is cached,
@@ -191,6 +338,7 @@ class ImageEncoder(nn.Module):
         name: str = "efficientnet_lite0",
         embed_dim: int = 256,
         pretrained: bool = True,
+        weights: str | None = None,
         freeze: bool = True,
         dropout: float = 0.0,
         trainable_blocks: int = 0,
@@ -198,14 +346,17 @@ class ImageEncoder(nn.Module):
         num_labels: int | None = None,
     ) -> None:
         super().__init__()
-        backbone = build_backbone(name, pretrained)
+        backbone = build_backbone(name, pretrained, weights)
         self.name = name
+        self.preset = weights is None  # a built-in encoder; else a timm model
         self.freeze = freeze
         self.backbone = backbone.module
         self.feature_dim = backbone.feature_dim
         self.mean = backbone.mean
         self.std = backbone.std
         self.weights_id = backbone.weights_id
+        self.input_size = backbone.input_size
+        self.interpolation = backbone.interpolation
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, embed_dim), nn.ReLU())
         if pooling not in ("avg", "label_attention"):
             raise ValueError(f"image_encoder.pooling must be avg or label_attention, got {pooling!r}")
@@ -215,7 +366,9 @@ class ImageEncoder(nn.Module):
             if num_labels is None:
                 raise ValueError("image_encoder.pooling=label_attention needs num_labels")
             self.label_pool = LabelAttentionPooling(self.feature_dim, num_labels, dropout)
-        stages = backbone_stages(name, self.backbone) if (trainable_blocks or self.label_pool) else []
+        stages = (
+            backbone_stages(name, self.backbone, self.preset) if (trainable_blocks or self.label_pool) else []
+        )
         if trainable_blocks and not freeze:
             raise ValueError(
                 "image_encoder.trainable_blocks needs freeze=true (without it everything trains)"
@@ -269,7 +422,12 @@ class ImageEncoder(nn.Module):
             return self.head(features), None
         for stage in self._top:
             features = stage(features)
-        pooled = features.mean(dim=(2, 3))
+        # timm's own head pooling (e.g. ConvNeXt's pool + LayerNorm), as in the unsplit forward; presets: mean.
+        pooled = (
+            features.mean(dim=(2, 3))
+            if self.preset
+            else self.backbone.forward_head(features, pre_logits=True)
+        )
         label_logits = None
         if self.label_pool is not None:
             label_logits = self.label_pool(features.flatten(2).transpose(1, 2))

