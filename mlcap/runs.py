@@ -112,13 +112,24 @@ _ABSENT = "<absent>"
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, value there, value here) for every identity key that differs."""
+    """(key, value there, value here) for every identity key that differs.
+
+    A key that one side lacks and the other holds as null is the same: a key added to mlcap later with a null
+    default does not change what an older run computed.
+    """
     keys = list(dict.fromkeys([*old, *new]))
+    pairs = [(key, old.get(key, _ABSENT), new.get(key, _ABSENT)) for key in keys]
     return [
-        (key, old.get(key, _ABSENT), new.get(key, _ABSENT))
-        for key in keys
-        if not _same(old.get(key, _ABSENT), new.get(key, _ABSENT))
+        (key, there, here)
+        for key, there, here in pairs
+        if not _same(there, here) and not _absent_or_null(there, here)
     ]
+
+
+def _absent_or_null(there: Any, here: Any) -> bool:
+    return (isinstance(there, str) and there == _ABSENT and here is None) or (
+        there is None and isinstance(here, str) and here == _ABSENT
+    )
 
 
 def folder_state(folder: Path) -> str:

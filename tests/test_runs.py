@@ -23,7 +23,7 @@ from tensorboard.plugins.hparams import metadata
 
 from mlcap.checkpoints import CheckpointError
 from mlcap.predict import predict
-from mlcap.runs import RunFolderError, lock_folder, write_json
+from mlcap.runs import RunFolderError, differences, lock_folder, write_json
 from mlcap.settings import SettingsError, validate
 from mlcap.train import train
 
@@ -157,6 +157,13 @@ def test_two_runs_started_together_get_folders_of_their_own(tiny_demo: Path, tmp
     assert len(runs) == 2
     seeds = sorted(OmegaConf.load(run / "config_resolved.yaml")["seed"] for run in runs)
     assert seeds == [0, 1] and all((run / "metrics.json").is_file() for run in runs)
+
+
+def test_a_key_added_later_with_a_null_default_keeps_old_folders_usable() -> None:
+    assert differences({"lr": 3e-4}, {"lr": 3e-4, "model.image_encoder.weights": None}) == []
+    assert differences({"lr": 3e-4}, {"lr": 3e-4, "model.x": 2}) == [("model.x", "<absent>", 2)]
+    assert differences({"a": True}, {"a": 1}) == [("a", True, 1)] and differences({"a": 3e-4}, {"a": 0.0003}) == []
+    assert differences({"data.label_ids": [1, 2]}, {}) == [("data.label_ids", [1, 2], "<absent>")]
 
 
 def test_a_folder_in_use_is_refused(tmp_path: Path) -> None:
