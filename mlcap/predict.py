@@ -19,7 +19,8 @@ from mlcap.data.text import Vocabulary
 from mlcap.inference import probabilities
 from mlcap.metrics import decide_labels, samples_f1
 from mlcap.models.lit_module import MultiLabelClassifier
-from mlcap.runs import latest_finished_checkpoint
+from mlcap.runs import latest_finished_checkpoint, write_atomic
+from mlcap.settings import validate_predict
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +55,35 @@ def read_label_file(path: str | Path, label_ids: list[int]) -> pd.DataFrame:
     return table
 
 
+def _data_config(cfg: DictConfig, preprocessing: dict[str, Any], tta: bool) -> dict[str, Any]:
+    """The checkpoint's data settings, with the files this command names (data=..., data.root, data.csv)."""
+    data_cfg: dict[str, Any] = dict(preprocessing)
+    if cfg.data.root is not None:
+        data_cfg["root"] = cfg.data.root
+        data_cfg["demo"] = cfg.data.get("demo")  # data=demo: generated on first use, as train.py does
+    data_cfg["predict_csv"] = cfg.data.csv
+    if cfg.data.image_dir is not None:
+        data_cfg["image_dir"] = cfg.data.image_dir
+    data_cfg["batch_size"] = cfg.batch_size
+    if not tta:
+        data_cfg["cache_views"] = 1  # the original view only: a quarter of the extraction work
+    if cfg.get("cache") is not None:
+        data_cfg["cache"] = cfg.cache
+    return data_cfg
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Write the submission CSV (one row per input row, input order) and return where it went (+ F1 if scored)."""
     quiet_libraries()
+    validate_predict(cfg)
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     device = "cuda" if torch.cuda.is_available() and cfg.get("accelerator", "auto") != "cpu" else "cpu"
     model = MultiLabelClassifier.load_from_checkpoint(
         check_checkpoint(ckpt), load_pretrained=False, map_location=device
     )
     log.info("predicting with %s", ckpt)
-    data_cfg: dict[str, Any] = dict(model.hparams["preprocessing"])
-    if cfg.data.root is not None:
-        data_cfg["root"] = cfg.data.root
-        data_cfg["demo"] = None
-    data_cfg["predict_csv"] = cfg.data.csv
-    if cfg.data.image_dir is not None:
-        data_cfg["image_dir"] = cfg.data.image_dir
-    data_cfg["batch_size"] = cfg.batch_size
     tta = model.hparams.get("tta", False) if cfg.get("tta") is None else bool(cfg.tta)
-    if not tta:
-        data_cfg["cache_views"] = 1  # the original view only: a quarter of the extraction work
-    if cfg.get("cache") is not None:
-        data_cfg["cache"] = cfg.cache
+    data_cfg = _data_config(cfg, model.hparams["preprocessing"], tta)
     datamodule: CaptionImageDataModule = hydra.utils.instantiate(
         data_cfg, vocab=Vocabulary(model.hparams["vocab_tokens"])
     )
@@ -94,8 +102,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         {"ImageID": table["image_id"], "Labels": [" ".join(map(str, label_ids[row])) for row in preds]}
     )
     output = Path(cfg.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    submission.to_csv(output, index=False)
+    write_atomic(output, submission.to_csv(index=False))
     log.info("wrote %d predictions to %s", len(submission), output)
     result: dict[str, Any] = {"submission": str(output), "rows": len(submission), "checkpoint": str(ckpt)}
     if cfg.get("labels_csv"):

@@ -29,7 +29,15 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mlcap.runs import FAILED_FILE, LAST_CHECKPOINT, METRICS_FILE, PLAN_FILE, write_atomic
+from mlcap.runs import (
+    FAILED_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    PLAN_FILE,
+    atomic_path,
+    read_json,
+    write_atomic,
+)
 
 __all__ = [
     "JobRecord",
@@ -65,16 +73,6 @@ class JobRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     path: Path | None = None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read it as JSON ({err}); fix or delete the file") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}; fix or delete the file")
-    return data
 
 
 def _read_yaml(path: Path) -> Any:
@@ -116,10 +114,10 @@ def _load_job(job_dir: Path, sweep_dir: Path) -> JobRecord:
     )
     if (job_dir / METRICS_FILE).is_file():
         record.status = FINISHED
-        record.metrics = _read_json(job_dir / METRICS_FILE)
+        record.metrics = read_json(job_dir / METRICS_FILE)
     elif (job_dir / FAILED_FILE).is_file():
         record.status = FAILED
-        failure = _read_json(job_dir / FAILED_FILE)
+        failure = read_json(job_dir / FAILED_FILE)
         record.error = str(failure.get("error", "unknown error (no 'error' in failed.json)"))
     else:
         resumable = (job_dir / LAST_CHECKPOINT).is_file()
@@ -136,7 +134,7 @@ def load_jobs(sweep_dir: str | Path) -> list[JobRecord]:
     job_dirs = sorted({p.parent.parent for p in sweep_dir.glob("**/.hydra/config.yaml")})
     jobs = {record.name: record for record in (_load_job(d, sweep_dir) for d in job_dirs)}
     plan_path = sweep_dir / PLAN_FILE
-    plan = _read_json(plan_path).get("jobs") if plan_path.is_file() else []
+    plan = read_json(plan_path).get("jobs") if plan_path.is_file() else []
     if not isinstance(plan, list) or not all(
         isinstance(e, dict) and {"name", "overrides"} <= e.keys() for e in plan
     ):
@@ -369,7 +367,8 @@ def _plot_f1(
     if paper:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -396,7 +395,8 @@ def _plot_per_class(per_class: pd.DataFrame, path: Path) -> Path:
     ax.grid(alpha=0.3, axis="y")
     fig = ax.get_figure()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -405,7 +405,7 @@ def _plot_per_class(per_class: pd.DataFrame, path: Path) -> Path:
 def _plan_axes(sweep_dir: Path) -> list[str]:
     """The one-at-a-time axes the sweeper planned (empty for point lists and plain multiruns)."""
     plan_path = sweep_dir / PLAN_FILE
-    return [str(a) for a in _read_json(plan_path).get("axes") or []] if plan_path.is_file() else []
+    return [str(a) for a in read_json(plan_path).get("axes") or []] if plan_path.is_file() else []
 
 
 def _common_overrides(jobs: Sequence[JobRecord]) -> list[str]:
@@ -683,21 +683,24 @@ class ReportCallback(Callback):
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write the report; exit non-zero (after it) when a job did not finish or the report failed.
+
+        Hydra turns a callback's exceptions into warnings, so the exit code is set through SystemExit.
+        """
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             report = write_report(sweep_dir, layout=self.layout, paper=self.paper)
-        except Exception:
-            log.exception("could not write the sweep report; run `python -m mlcap.report %s`", sweep_dir)
-            raise
-        jobs = load_jobs(sweep_dir)
-        problems = [j for j in jobs if j.status != FINISHED]
+            jobs = load_jobs(sweep_dir)
+        except Exception as err:
+            log.exception("could not write the sweep report")
+            raise SystemExit(f"error: no report ({err}); run `python -m mlcap.report {sweep_dir}`") from None
         log.info("sweep report: %s", report)
+        problems = [j for j in jobs if j.status != FINISHED]
         if problems:
-            log.warning(
-                "%d of %d jobs did not finish: %s",
-                len(problems),
-                len(jobs),
-                ", ".join(f"{j.name} ({j.status})" for j in problems),
+            raise SystemExit(
+                f"error: {len(problems)} of {len(jobs)} jobs did not finish: "
+                + ", ".join(f"{j.name} ({j.status})" for j in problems)
+                + f". See {report}; re-run the same command to retry them."
             )
 
 

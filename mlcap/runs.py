@@ -14,13 +14,14 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +134,40 @@ def _absent_or_null(there: Any, here: Any) -> bool:
 
 
 def folder_state(folder: Path) -> str:
-    """finished (metrics.json), interrupted (a recorded config but no metrics) or empty."""
-    if (folder / METRICS_FILE).is_file():
-        return FINISHED
+    """finished (a readable metrics.json), interrupted (a recorded config, no readable metrics) or empty.
+
+    A metrics.json that is not strict JSON was not written by mlcap (its writes are atomic): the run's results
+    are re-made from its checkpoints rather than trusted.
+    """
+    metrics = folder / METRICS_FILE
+    if metrics.is_file():
+        try:
+            read_json(metrics)
+            return FINISHED
+        except ValueError as err:
+            log.warning("%s; re-evaluating that run", err)
     return INTERRUPTED if (folder / CONFIG_FILE).is_file() else EMPTY
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A strict JSON object (NaN and Infinity refused), or ValueError naming the file."""
+    try:
+        data = json.loads(path.read_text(), parse_constant=_refuse_constant)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read it as strict JSON ({err}); fix or delete the file") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}; fix or delete the file")
+    return data
+
+
 def _describe(diffs: list[tuple[str, Any, Any]], limit: int = 8) -> str:
-    shown = [f"{key} (there {old!r}, here {new!r})" for key, old, new in diffs[:limit]]
+    from mlcap.settings import shown as text
+
+    shown = [f"{key} (there {text(old)}, here {text(new)})" for key, old, new in diffs[:limit]]
     more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
     return "; ".join(shown) + more
 
@@ -148,6 +175,11 @@ def _describe(diffs: list[tuple[str, Any, Any]], limit: int = 8) -> str:
 def check_folder(folder: Path, resolved: Mapping[str, Any], redirect_key: str = "hydra.run.dir") -> str:
     """The folder's state if this config may use it; RunFolderError naming the differing keys otherwise."""
     folder = Path(folder)
+    if (folder / PLAN_FILE).is_file():
+        raise RunFolderError(
+            f"{folder} is a sweep's folder (it holds {PLAN_FILE}), not a run's: write this run elsewhere "
+            f"({redirect_key}=<new folder>), or re-run that sweep with -m"
+        )
     state = folder_state(folder)
     if state == EMPTY:
         return state
@@ -163,19 +195,26 @@ def check_folder(folder: Path, resolved: Mapping[str, Any], redirect_key: str = 
         return state
     diffs = differences(run_identity(recorded), run_identity(resolved))  # type: ignore[arg-type]
     if diffs:
-        verb = "finished" if state == FINISHED else "interrupted (resumable)"
+        verb = "a finished" if state == FINISHED else "an interrupted (resumable)"
         raise RunFolderError(
-            f"{folder} holds a {verb} run of another config, so this command will not skip, resume or "
+            f"{folder} holds {verb} run of another config, so this command will not skip, resume or "
             f"overwrite it. Keys that differ: {_describe(diffs)}. Write this run elsewhere "
             f"({redirect_key}=<new folder>) or delete {folder} to start over."
         )
     return state
 
 
+_HELD: dict[str, FileLock] = {}  # this process's folder locks, re-entered rather than taken twice
+
+
 def lock_folder(folder: Path) -> FileLock:
-    """Hold `folder` for this process (released at exit even on a crash); RunFolderError if another holds it."""
+    """Hold `folder` for this process (released at exit even on a crash); RunFolderError if another holds it.
+
+    Re-entrant within a process: a single run's Hydra callback and its task both hold the run folder.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / LOCK_FILE), timeout=0)
+    path = str((folder / LOCK_FILE).resolve())
+    lock = _HELD.get(path) or FileLock(path, timeout=0)
     try:
         lock.acquire()
     except Timeout as err:
@@ -183,7 +222,19 @@ def lock_folder(folder: Path) -> FileLock:
             f"another mlcap process is writing to {folder} right now; wait for it to end, or write this run "
             "elsewhere (hydra.run.dir=... / hydra.sweep.dir=...)"
         ) from err
+    _HELD[path] = lock
     return lock
+
+
+def folder_in_use(folder: Path) -> bool:
+    """Whether another live process holds `folder` (a sweep checks its job folders before launching)."""
+    if not (folder / LOCK_FILE).is_file():
+        return False
+    try:
+        lock_folder(folder).release()
+    except RunFolderError:
+        return True
+    return False
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -198,6 +249,19 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for a library to write to (a plot, a CSV), renamed onto `path` when the
+    block ends without error and removed otherwise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -264,7 +328,9 @@ class RunFolderCallback(Callback):
             state = check_folder(folder, resolved_task_config(config, folder))
         except (SettingsError, RunFolderError) as err:
             raise SystemExit(f"error: {err}") from None
-        if state != EMPTY:
+        if state != EMPTY:  # the folder's own .hydra/ stays the record of the command that made it
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.output_subdir = None
             log.info("%s holds a %s run of the same config", folder, state)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:

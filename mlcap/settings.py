@@ -10,6 +10,7 @@ Hydra callback of a single run, in the sweeper for every job of a sweep before a
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ class ImageEncoderSchema:
     # A built-in preset's name (weights null), or any timm model's (weights hub | none | <file>): see
     # _check_image_encoder; build_backbone() in mlcap.models.image_encoders builds both.
     name: str = knob()
-    weights: str | None = knob()  # noqa: UP007
+    weights: str | None = knob()
     pretrained: bool = knob()
     freeze: bool = knob()
     dropout: float = knob(ge=0.0, lt=1.0)
@@ -68,7 +69,7 @@ class ModelSchema:
     batch_norm: bool = knob()
     dropout: float = knob(ge=0.0, lt=1.0)
     # minilm (offline), a sentence-transformers name or a local directory (mlcap.models.sentence_encoder)
-    sentence_encoder: str | None = knob()  # noqa: UP007 (OmegaConf 2.3 reads Optional only)
+    sentence_encoder: str | None = knob()
     sentence_trainable_layers: int = knob(ge=0)  # at most the model's layer count: checked when it is built
     sentence_lr_scale: float = knob(gt=0.0)
     sentence_max_tokens: int = knob(ge=2)
@@ -85,7 +86,7 @@ class DataSchema:
     batch_size: int = knob(ge=1)
     val_fraction: float = knob(gt=0.0, lt=1.0)
     split_seed: int = knob(ge=0)
-    train_rows: int | None = knob(ge=1)  # noqa: UP007
+    train_rows: int | None = knob(ge=1)
     max_len: int = knob(ge=1)
     num_workers: int = knob(ge=0)
     cache: bool = knob()
@@ -101,13 +102,22 @@ class TrainSchema:
     threshold: float = knob(gt=0.0, lt=1.0)
     threshold_calibration: str = knob(choices=("none", "global", "per_class"))
     tta: bool = knob()
-    ckpt_path: str | None = knob()  # noqa: UP007
+    ckpt_path: str | None = knob()
 
 
 @dataclass
 class TrainerSchema:
     max_epochs: int = knob(ge=1)
     min_epochs: int = knob(ge=0)
+
+
+@dataclass
+class PredictSchema:
+    ckpt_path: str = knob()
+    batch_size: int = knob(ge=1)
+    accelerator: str = knob(choices=("auto", "cpu", "gpu", "cuda"))
+    tta: bool | None = knob()
+    cache: bool | None = knob()
 
 
 # Where each schema applies in the composed train config.
@@ -152,6 +162,13 @@ def _in_range(value: Any, meta: Mapping[str, Any]) -> bool:
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
+def shown(value: Any) -> str:
+    """A value as config text, as users type it: null, true/false, numbers, 'quoted strings'."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def _typed(schema: type, node: Any, prefix: str) -> DictConfig:
     """The node's schema keys converted to the schema's types (OmegaConf's check), or SettingsError."""
     if not isinstance(node, DictConfig):
@@ -168,8 +185,8 @@ def _typed(schema: type, node: Any, prefix: str) -> DictConfig:
         name = str(err.full_key)
         key = f"{prefix}.{name}" if prefix else name
         value = subset._get_node(name)._value() if name in subset else "?"  # noqa: SLF001 (raw, unconverted)
-        expected = _TYPE_NAMES.get(str(types.get(name)).replace("Optional[", "").rstrip("]"), "?")
-        raise SettingsError(f"{key}={value!r} is not allowed: it must be {expected}") from None
+        expected = _TYPE_NAMES.get(str(types.get(name)).split(" |")[0], "?")
+        raise SettingsError(f"{key}={shown(value)} is not allowed: it must be {expected}") from None
 
 
 def _check_schema(cfg: DictConfig, prefix: str, schema: type) -> dict[str, Any]:
@@ -180,11 +197,44 @@ def _check_schema(cfg: DictConfig, prefix: str, schema: type) -> dict[str, Any]:
         key = f"{prefix}.{f.name}" if prefix else f.name
         if OmegaConf.is_missing(typed, f.name):
             raise SettingsError(f"{key} is required (e.g. {key}=...): no value was given")
-        value = typed[f.name]
+        value, raw = typed[f.name], node[f.name]
+        if str(f.type).split(" |")[0] == "bool" and raw is not None and not isinstance(raw, bool):
+            # OmegaConf reads 1, "yes" and "on" as true; a run's record must hold the value as compared.
+            raise SettingsError(f"{key}={shown(raw)} is not allowed: it must be true or false")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{key}={shown(value)} is not allowed: it must be a finite number")
         if not _in_range(value, f.metadata):
-            raise SettingsError(f"{key}={value!r} is not allowed: it must be {_allowed(f.metadata)}")
+            raise SettingsError(f"{key}={shown(value)} is not allowed: it must be {_allowed(f.metadata)}")
         values[key] = value
     return values
+
+
+# Keys of the model's nodes that are no public knob but belong there.
+_MODEL_EXTRAS = {"model": {"_target_", "image_encoder"}, "model.image_encoder": {"_target_"}}
+
+
+def _check_unknown_keys(cfg: DictConfig) -> None:
+    """A key added to the model's config (`+model.foo=1`) would reach the constructors and fail after the data
+    is read; name it now."""
+    for prefix, extras in _MODEL_EXTRAS.items():
+        known = {f.name for f in dataclasses.fields(SCHEMAS[prefix])} | extras
+        unknown = sorted(set(OmegaConf.select(cfg, prefix).keys()) - known)
+        if unknown:
+            raise SettingsError(
+                f"{prefix}.{unknown[0]} is not a setting of {prefix}: it knows {', '.join(sorted(known - extras))}"
+            )
+
+
+def _check_paths(v: Mapping[str, Any], cfg: DictConfig) -> None:
+    """Files and folders a run reads, checked before any work."""
+    if v["ckpt_path"] is not None and not Path(v["ckpt_path"]).expanduser().is_file():
+        raise SettingsError(f"ckpt_path={v['ckpt_path']!r} is not allowed: there is no such file")
+    root = Path(str(v["data.root"])).expanduser()
+    if OmegaConf.select(cfg, "data.demo") is None and not root.is_dir():
+        raise SettingsError(
+            f"data.root={v['data.root']!r} is not allowed: there is no such folder; pass the folder that holds "
+            "train.csv, test.csv and data/ (the demo data set is generated where data=demo says)"
+        )
 
 
 def _check_image_size(value: Any) -> None:
@@ -232,7 +282,7 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
             raise SettingsError(
                 "tta=true averages the cached flip views, so it needs data.cache=true, "
                 "model.image_encoder.freeze=true and data.cache_views >= 2 (got data.cache="
-                f"{v['data.cache']}, model.image_encoder.freeze={v['model.image_encoder.freeze']}, "
+                f"{shown(v['data.cache'])}, model.image_encoder.freeze={shown(v['model.image_encoder.freeze'])}, "
                 f"data.cache_views={v['data.cache_views']}); or set tta=false"
             )
     if v["model.sentence_trainable_layers"] and v["model.sentence_encoder"] is None:
@@ -251,6 +301,11 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
         )
 
 
+def validate_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Check predict.py's own keys (the model's settings come from the checkpoint)."""
+    return _check_schema(cfg, "", PredictSchema)
+
+
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check every public key of a composed train config; return them as {dotted key: value}."""
     from mlcap.runs import resolved_task_config
@@ -260,5 +315,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     for prefix, schema in SCHEMAS.items():
         values |= _check_schema(resolved, prefix, schema)
     _check_image_size(OmegaConf.select(resolved, "data.image_size"))
+    _check_unknown_keys(resolved)
     _check_combinations(values)
+    _check_paths(values, resolved)
     return values

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
-from omegaconf import DictConfig
+from hydra.core.override_parser.types import Override, QuotedString
+from omegaconf import DictConfig, OmegaConf
 
-from mlcap.runs import PLAN_FILE, write_json
+from mlcap.runs import CONFIG_FILE, PLAN_FILE, write_json
 
 __all__ = [
     "PLAN_FILE",
@@ -69,7 +70,7 @@ def format_value(key: str, value: Any) -> str:
         text = "null"
     elif isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"sweep point {key}={value!r}: only finite numbers can be swept")
+            raise ValueError(f"{key}={value!r}: only finite numbers can be swept")
         text = repr(value)
     elif isinstance(value, str):
         text = value
@@ -77,7 +78,7 @@ def format_value(key: str, value: Any) -> str:
         text = "[" + ",".join(format_value(key, v) for v in value) + "]"  # e.g. data.image_size=[224,320]
     else:
         raise ValueError(
-            f"sweep point {key}={value!r}: values must be numbers, strings, booleans, null or lists of "
+            f"{key}={value!r}: swept values must be numbers, strings, booleans, null or lists of "
             f"numbers (got {type(value).__name__}); write mappings as separate keys"
         )
     parser = OverridesParser.create()
@@ -153,10 +154,22 @@ def command_line_lists(overrides: Iterable[Override]) -> list[CliList]:
                     "(interval sweeps need an optimising sweeper such as optuna)"
                 )
             # Values as config text (`false`, `0.003`), so folder names read like the overrides users type.
-            lists[key] = [f"{key}={format_value(bare_key(key), value)}" for value in override.sweep_iterator()]
+            lists[key] = [f"{key}={_text(key, value)}" for value in override.sweep_iterator()]
         else:
-            lists[key] = [f"{key}={override.get_value_element_as_str()}"]
+            lists[key] = [f"{key}={_text(key, override.value(), override.get_value_element_as_str())}"]
     return list(lists.items())
+
+
+def _text(key: str, value: Any, fallback: str | None = None) -> str:
+    """A parsed command-line value as override text; mappings and other shapes keep the text as typed."""
+    if isinstance(value, QuotedString):
+        value = value.text
+    try:
+        return format_value(bare_key(key), value)
+    except ValueError:
+        if fallback is None:
+            raise
+        return fallback
 
 
 def job_name(parts: Sequence[str]) -> str:
@@ -194,7 +207,8 @@ def expand_sweep(cli: Sequence[CliList], points: Sequence[Mapping[str, Any]]) ->
         point_overrides = [f"{k}={format_value(bare_key(k), v)}" for k, v in point.items()]
         for combo in itertools.product(*(values for _, values in cli)):
             kept = [o for (key, _), o in zip(cli, combo, strict=True) if bare_key(key) not in point_keys]
-            swept_parts = [o for (_, values), o in zip(cli, combo, strict=True) if len(values) > 1]
+            swept = [o for (_, values), o in zip(cli, combo, strict=True) if len(values) > 1]
+            swept_parts = sorted(swept, key=lambda o: bare_key(o.split("=", 1)[0]))  # order as typed: no matter
             overrides = kept + point_overrides
             name = job_name(point_overrides + swept_parts)
             if name in names:
@@ -215,34 +229,67 @@ def job_overrides(job: SweepJob) -> list[str]:
 
 def check_jobs(
     sweep_dir: Path, jobs: Sequence[SweepJob], compose: Callable[[list[str]], DictConfig]
-) -> dict[str, str]:
-    """Every job's settings and folder, checked before any job starts: {job name: folder state}.
+) -> list[tuple[SweepJob, str]]:
+    """Every job's settings and folder, checked before any job starts: [(job, folder state)].
 
-    `compose` builds a job's full config (the sweeper passes Hydra's config loader). One error lists every
-    job with bad settings or a folder that holds another config's run; then nothing is run at all, since
-    Hydra would rewrite that folder's `.hydra/` as soon as the job started.
+    A job whose config a folder of this sweep already holds goes to that folder, whatever its name (values
+    reordered, spelled otherwise, or a one-value list), and a job with the config of an earlier job of this
+    sweep is dropped: one config, one folder. `compose` builds a job's full config (the sweeper passes Hydra's
+    config loader). One error lists every job with bad settings, or whose folder holds another config's run
+    or is in use by another process; then nothing is run at all, since Hydra would rewrite that folder's
+    `.hydra/` as soon as the job started.
     """
-    from mlcap.runs import check_folder, resolved_task_config
+    from mlcap.runs import check_folder, folder_in_use, resolved_task_config
     from mlcap.settings import validate
 
-    states: dict[str, str] = {}
+    known = _recorded_identities(sweep_dir)
+    planned: list[tuple[SweepJob, str]] = []
+    seen: set[str] = set()
     problems: list[str] = []
     for job in jobs:
-        folder = sweep_dir / job.name
         try:
             config = compose(job_overrides(job))
             validate(config)
-            states[job.name] = check_folder(folder, resolved_task_config(config, folder), "hydra.sweep.dir")
+            identity = _identity_text(resolved_task_config(config, sweep_dir / job.name))
+            if identity in seen:
+                continue  # the same config as an earlier job of this sweep
+            seen.add(identity)
+            job = SweepJob(known.get(identity, job.name), job.overrides)
+            folder = sweep_dir / job.name
+            if folder_in_use(folder):
+                raise RuntimeError(f"another mlcap process is writing to {folder} right now")
+            state = check_folder(folder, resolved_task_config(config, folder), "hydra.sweep.dir")
+            planned.append((job, state))
         except ValueError as err:  # SettingsError
             problems.append(f"job {job.name}: {err}")
-        except RuntimeError as err:  # RunFolderError
+        except RuntimeError as err:  # RunFolderError, or the folder in use
             problems.append(str(err))
     if problems:
         raise ValueError(
             f"nothing was run: {len(problems)} of the {len(jobs)} jobs of this sweep cannot start.\n"
             + "\n".join(f"- {p}" for p in problems)
         )
-    return states
+    return planned
+
+
+def _identity_text(resolved: Mapping[str, Any]) -> str:
+    from mlcap.runs import run_identity
+
+    return json.dumps(run_identity(resolved), sort_keys=True, default=str)
+
+
+def _recorded_identities(sweep_dir: Path) -> dict[str, str]:
+    """{identity: folder name} of the runs recorded in the sweep folder's job folders (unreadable ones skipped:
+    the folder check names them)."""
+    known = {}
+    for record in sorted(sweep_dir.glob(f"*/{CONFIG_FILE}")):
+        try:
+            resolved = OmegaConf.to_container(OmegaConf.load(record))
+        except Exception:  # noqa: BLE001 (yaml/OmegaConf raise many types)
+            continue
+        if isinstance(resolved, dict):
+            known.setdefault(_identity_text(resolved), record.parent.name)
+    return known
 
 
 def write_plan(sweep_dir: Path, jobs: Sequence[SweepJob], axes: Sequence[str]) -> Path:

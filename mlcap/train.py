@@ -38,8 +38,11 @@ from mlcap.runs import (
     FINISHED,
     LAST_CHECKPOINT,
     METRICS_FILE,
+    RunFolderError,
     check_folder,
     is_volatile,
+    launched_rank,
+    lock_folder,
     sweep_varied_keys,
     write_atomic,
     write_json,
@@ -98,8 +101,6 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         log.info("%s holds this run, finished (val samples-F1 %.4f): skipping", output_dir, done["val_samples_f1"])
         return done
     ckpt_path = _resume_from(cfg, output_dir)
-    if _global_rank() == 0:  # DDP: the other ranks read the folder, never write it
-        write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
     pl.seed_everything(cfg.seed, workers=True)
     check_encoders(cfg)
 
@@ -110,6 +111,9 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     hparams = {**dict(compared or {}), **{k: v for k, v in settings.items() if not is_volatile(k)}}
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)  # Lightning keeps them (hparams.yaml beside the event file)
+    if _global_rank() == 0:  # DDP: the other ranks read the folder, never write it
+        # Recorded once everything is built: a run that failed before training leaves no claim on the folder.
+        write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
@@ -121,7 +125,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     metrics = {
         **write_tables(best, evaluation, threshold, output_dir),
         **evaluation.summary(),
-        **_run_facts(best, model, history, checkpoint.monitor),
+        **_run_facts(best, model, history, _saved_epoch(best_path, history, checkpoint.monitor)),
         "train_time_s": round(train_seconds, 2),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "checkpoint": str(best_path),
@@ -306,20 +310,29 @@ def write_tables(
 
 
 def _run_facts(
-    best: MultiLabelClassifier, model: MultiLabelClassifier, history: EpochHistory, monitor: str | None
+    best: MultiLabelClassifier, model: MultiLabelClassifier, history: EpochHistory, best_epoch: int | None
 ) -> dict[str, Any]:
-    best_epoch = _best_epoch(history.epochs, monitor)
+    row = next((e for e in history.epochs if e["epoch"] == best_epoch), {})
     size_mb = inference_size_bytes(best.net) / 1e6
     return {
-        "val_loss": best_epoch.get("val/loss"),
-        "train_loss": best_epoch.get("train/loss"),
-        "best_epoch": best_epoch.get("epoch"),
+        "val_loss": row.get("val/loss"),
+        "train_loss": row.get("train/loss"),
+        "best_epoch": best_epoch,
         "epochs": len(history.epochs),
         "model_size_mb": round(size_mb, 3),
         "under_100mb": size_mb <= SIZE_LIMIT_MB,
         "parameters": sum(p.numel() for p in best.net.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
+
+
+def _saved_epoch(best_path: str, history: EpochHistory, monitor: str | None) -> int | None:
+    """The epoch whose weights the best checkpoint holds (so losses and F1 in metrics.json are one epoch's);
+    without a checkpoint, the history's best."""
+    if best_path:
+        return int(load_checkpoint(best_path)["epoch"])
+    scored = [e for e in history.epochs if monitor in e]
+    return int(scored[int(np.argmax([e[monitor] for e in scored]))]["epoch"]) if scored else None
 
 
 def positive_weights(datamodule: CaptionImageDataModule, cap: float = 50.0) -> list[float]:
@@ -347,13 +360,6 @@ def log_comparison(trainer: pl.Trainer, hparams: Mapping[str, Any], varied: list
             logger.finalize("success")
 
 
-def _best_epoch(epochs: list[dict[str, float]], monitor: str | None) -> dict[str, float]:
-    scored = [e for e in epochs if monitor in e]
-    if not scored:
-        return {}
-    return scored[int(np.argmax([e[monitor] for e in scored]))]
-
-
 def run_job(cfg: DictConfig) -> float | None:
     """Hydra task: in a sweep a failing job is recorded in failed.json and the other jobs go on."""
     from hydra.core.hydra_config import HydraConfig
@@ -361,6 +367,14 @@ def run_job(cfg: DictConfig) -> float | None:
 
     in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     output_dir = Path(cfg.paths.output_dir)
+    try:
+        # Held for the whole job, in sweeps too (their jobs are not checked by the single-run callback).
+        lock = lock_folder(output_dir) if launched_rank() == 0 else None
+    except RunFolderError:
+        if not in_sweep:
+            raise
+        log.exception("job in %s not run", output_dir)  # no failed.json: the folder is another process's
+        return None
     try:
         metrics = train(cfg, compared=_sweep_values(cfg) if in_sweep else None)
     except Exception as err:
@@ -370,6 +384,9 @@ def run_job(cfg: DictConfig) -> float | None:
         failure = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         write_json(output_dir / FAILED_FILE, failure)
         return None
+    finally:
+        if lock is not None:
+            lock.release()
     (output_dir / FAILED_FILE).unlink(missing_ok=True)
     return metrics.get("val_samples_f1")
 

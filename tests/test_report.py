@@ -212,13 +212,21 @@ def test_cli_and_callback(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert main([str(tmp_path / "empty")]) == 2
     assert "holds no job folders" in capsys.readouterr().err
     (sweep / "report.md").unlink()
-    ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    # The report is written, then the command exits non-zero: jobs of this sweep did not finish.
+    with pytest.raises(SystemExit, match=r"error: 3 of 7 jobs did not finish: .*seed=1 \(failed\)"):
+        ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
     assert (sweep / "report.md").is_file()
+
+
+def test_metrics_with_nan_are_refused_not_averaged(sweep: Path) -> None:
+    (sweep / "model.attention=true,seed=1" / "metrics.json").write_text('{"val_samples_f1": NaN}')
+    with pytest.raises(ValueError, match=r"seed=1/metrics.json: cannot read it as strict JSON \(NaN is not JSON"):
+        write(sweep)
 
 
 def test_broken_metrics_file_is_named(sweep: Path) -> None:
     (sweep / "model.attention=true,seed=0" / "metrics.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"seed=0/metrics.json: cannot read it as JSON"):
+    with pytest.raises(ValueError, match=r"seed=0/metrics.json: cannot read it as strict JSON"):
         load_jobs(sweep)
 
 

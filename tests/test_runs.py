@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CONF, REPO, fast_overrides
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -23,7 +24,7 @@ from tensorboard.plugins.hparams import metadata
 
 from mlcap.checkpoints import CheckpointError
 from mlcap.predict import predict
-from mlcap.runs import RunFolderError, differences, lock_folder, write_json
+from mlcap.runs import RunFolderError, check_folder, differences, folder_in_use, lock_folder, write_json
 from mlcap.settings import SettingsError, validate
 from mlcap.train import train
 
@@ -121,6 +122,9 @@ def test_single_run_rerun_with_another_setting_is_refused(tiny_demo: Path, tmp_p
     assert "lr (there 0.0003, here 0.03)" in changed.stdout
     assert _mtimes(run, "**/*") == done  # .hydra/ included: nothing was rewritten
     assert _recorded(run, "lr") == (3e-4, 3e-4)
+    same = _train_cli(*reversed(quick), f"hydra.run.dir={run}")  # the same config, typed otherwise
+    assert same.returncode == 0 and "finished (val samples-F1" in same.stdout
+    assert _mtimes(run, "**/*") == done  # skipped; its .hydra/ still records the command that made it
 
 
 def test_interrupted_run_resumes_only_with_its_own_config(compose_train: Callable[..., DictConfig]) -> None:
@@ -134,6 +138,22 @@ def test_interrupted_run_resumes_only_with_its_own_config(compose_train: Callabl
     # Keys that only say where files go or how fast they are made may differ.
     resumed = train(compose_train("trainer.max_epochs=2", "data.num_workers=1", "trainer.enable_model_summary=true"))
     assert resumed["epochs"] == 2
+
+
+def test_resume_starts_from_the_last_epoch_not_the_best(compose_train: Callable[..., DictConfig]) -> None:
+    """last.ckpt is the last epoch's even when the best one is older (Lightning's save_last is not)."""
+    cfg = compose_train("trainer.max_epochs=3", "lr=1e-12", "model.batch_norm=false")  # F1 never improves
+    metrics = train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert metrics["best_epoch"] == 0 and metrics["epochs"] == 3
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert torch.load(checkpoints / "best.ckpt", weights_only=False)["epoch"] == metrics["best_epoch"]
+
+
+def test_a_single_run_is_refused_a_sweeps_folder(tmp_path: Path) -> None:
+    (tmp_path / "sweep_plan.json").write_text('{"jobs": []}')
+    with pytest.raises(RunFolderError, match="is a sweep's folder"):
+        check_folder(tmp_path, {})
 
 
 def test_two_runs_started_together_get_folders_of_their_own(tiny_demo: Path, tmp_path: Path) -> None:
@@ -167,13 +187,24 @@ def test_a_key_added_later_with_a_null_default_keeps_old_folders_usable() -> Non
 
 
 def test_a_folder_in_use_is_refused(tmp_path: Path) -> None:
-    held = lock_folder(tmp_path / "run")
+    """Another live process holding the folder (its lock) keeps this one out; the same process may re-enter."""
+    folder = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from pathlib import Path; from mlcap.runs import lock_folder; "
+         f"lock_folder(Path({str(folder)!r})); print('held', flush=True); input()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
     try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderError, match="another mlcap process is writing to"):
-            lock_folder(tmp_path / "run")
+            lock_folder(folder)
+        assert folder_in_use(folder)
     finally:
-        held.release()
-    lock_folder(tmp_path / "run").release()  # free again once released
+        holder.communicate("\n", timeout=30)
+    assert not folder_in_use(folder)  # free again once that process ended
+    mine = lock_folder(folder)
+    lock_folder(folder).release()  # re-entered, not refused
+    mine.release()
 
 
 def _compose_train(*overrides: str) -> DictConfig:
@@ -198,6 +229,12 @@ def _compose_train(*overrides: str) -> DictConfig:
         (["tta=true", "model/image_encoder=small_cnn"], "model.image_encoder.freeze=true"),
         (["model.sentence_trainable_layers=2"], "model.sentence_encoder=null"),
         (["data=comp5329"], "data.root is required"),
+        (["data=comp5329", "data.root=/no/such/folder"], "data.root='/no/such/folder' is not allowed: there is no such folder"),
+        (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' is not allowed: there is no such file"),
+        (["model.attention=1"], "model.attention=1 is not allowed: it must be true or false"),
+        (["lr=inf"], "lr=inf is not allowed: it must be a finite number"),
+        (["+model.foo=1"], "model.foo is not a setting of model"),
+        (["tta=true", "data.cache=false"], "(got data.cache=false, model.image_encoder.freeze=true"),
         (["data.image_size=-5"], "data.image_size=-5 is not allowed: it must be null, a positive integer or [height, width]"),
         (["data.image_size=[224,320,3]"], "data.image_size=[224, 320, 3] is not allowed"),
     ],

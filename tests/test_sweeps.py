@@ -71,7 +71,7 @@ def test_every_sweep_point_composes_to_a_valid_training_config(sweep: str) -> No
             {},
         )
         for job in expand_sweep(cli(f"sweep={sweep}"), points):
-            cfg = compose("train", overrides=[*job.overrides, "data=comp5329", "data.root=/somewhere"])
+            cfg = compose("train", overrides=[*job.overrides, "data=comp5329", f"data.root={REPO}"])
             validate(cfg)  # every value is one its key allows
             for override in job.overrides[1:]:
                 key, value = override.split("=", 1)
@@ -179,11 +179,20 @@ def test_points_are_deduplicated_and_values_formatted_as_overrides() -> None:
 
 
 def test_command_line_values_are_written_as_config_text() -> None:
-    """Folder names read like what users type: `false`, not Python's `False`; `0.003` for `3e-3`."""
-    assert cli("model.attention=true,false", "lr=3e-3,3e-2") == [
+    """Folder names read like what users type: `false`, not Python's `False`; `0.003` for `3e-3`; quoted
+    strings (paths with spaces) stay strings; the order the keys were typed in does not matter."""
+    assert cli("model.attention=true,false", "lr=3e-3,3e-2", "trainer.enable_progress_bar=False") == [
         ("model.attention", ["model.attention=true", "model.attention=false"]),
         ("lr", ["lr=0.003", "lr=0.03"]),
+        ("trainer.enable_progress_bar", ["trainer.enable_progress_bar=false"]),
     ]
+    assert cli("model.word_vectors='fasttext_sg','word2vec_sg'", "data.root='/a b',/c") == [
+        ("model.word_vectors", ["model.word_vectors=fasttext_sg", "model.word_vectors=word2vec_sg"]),
+        ("data.root", ["data.root=/a b", "data.root=/c"]),  # one override each, as Hydra parses it
+    ]
+    one = expand_sweep(cli("lr=0.1,0.2", "model.attention=true,false"), [{}])
+    other = expand_sweep(cli("model.attention=false,true", "lr=0.2,0.1"), [{}])
+    assert sorted(job.name for job in one) == sorted(job.name for job in other)
 
 
 def test_job_names_are_safe_folder_names() -> None:
@@ -208,11 +217,18 @@ def test_a_folder_is_only_reused_for_the_same_config(tmp_path: Path) -> None:
         folder.mkdir()
         OmegaConf.save(OmegaConf.create(resolved), folder / "config_resolved.yaml")
     (tmp_path / "a" / "metrics.json").write_text("{}")
-    assert check_jobs(tmp_path, [same, fresh], compose_job) == {"a": "finished", "c": "empty"}
+    planned = check_jobs(tmp_path, [same, fresh], compose_job)
+    assert [(job.name, state) for job, state in planned] == [("a", "finished"), ("c", "empty")]
     with pytest.raises(ValueError, match=r"nothing was run: 1 of the 3 jobs") as caught:
         check_jobs(tmp_path, [same, other, fresh], compose_job)
     assert "trainer.max_epochs (there 1, here 60)" in str(caught.value)
     assert "hydra.sweep.dir=<new folder>" in str(caught.value)
+    # One config, one folder: a job named otherwise (keys reordered, a one-value list, 0 vs 0.0) goes to the
+    # folder that holds its config, and a second job of the same config in one sweep is dropped.
+    renamed = SweepJob("lr=0.1,seed=0", ["lr=0.1", "seed=0"])
+    twin = SweepJob("c-again", ["lr=0.30"])
+    planned = check_jobs(tmp_path, [renamed, fresh, twin], compose_job)
+    assert [(job.name, state) for job, state in planned] == [("a", "finished"), ("c", "empty")]
 
 
 def _sweep(cmd: list[str]) -> subprocess.CompletedProcess[str]:

@@ -96,27 +96,27 @@ class MlcapSweeper(Sweeper):
 
         assert self.config is not None and self.hydra_context is not None
         config, loader = self.config, self.hydra_context.config_loader
-        jobs = self._jobs(arguments)
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         try:  # a refusal is a clear message, not a traceback: nothing has run and no folder was touched
-            states = check_jobs(sweep_dir, jobs, lambda overrides: loader.load_sweep_config(config, overrides))
+            compose = lambda overrides: loader.load_sweep_config(config, overrides)  # noqa: E731
+            planned = check_jobs(sweep_dir, self._jobs(arguments), compose)
             lock = lock_folder(sweep_dir)  # one sweep at a time per folder
         except (ValueError, RunFolderError) as err:
             raise SystemExit(f"error: {err}") from None
         try:
             OmegaConf.save(config, sweep_dir / "multirun.yaml")
-            write_plan(sweep_dir, jobs, list(self.axes))
-            todo = [job for job in jobs if states[job.name] != "finished"]
-            for job in jobs:
-                if states[job.name] == "finished":
+            write_plan(sweep_dir, [job for job, _ in planned], list(self.axes))
+            todo = [job for job, state in planned if state != "finished"]
+            for job, state in planned:
+                if state == "finished":
                     log.info("already finished with the same config, not launched again: %s", job.name)
             log.info(
                 "sweep of %d jobs into %s: %d to run (%d resumed), %d already finished",
-                len(jobs),
+                len(planned),
                 sweep_dir,
                 len(todo),
-                sum(states[job.name] == "interrupted" for job in todo),
-                len(jobs) - len(todo),
+                sum(state == "interrupted" for _, state in planned),
+                len(planned) - len(todo),
             )
             return self._launch([job_overrides(job) for job in todo])
         finally:
