@@ -125,6 +125,15 @@ def test_predict_takes_the_data_group_like_train(
     assert result["rows"] == TINY_DEMO["n_test"]
 
 
+def test_predict_data_demo_generates_the_demo_like_train(trained_run: tuple[Path, dict], tmp_path: Path) -> None:
+    _, metrics = trained_run
+    cache = tmp_path / "fresh-cache"
+    demo = [f"data.demo.{k}={v}" for k, v in TINY_DEMO.items()]
+    overrides = [f"ckpt_path={metrics['checkpoint']}", "data=demo", f"paths.cache_dir={cache}", *demo]
+    result = predict(_compose("predict", [*overrides, f"output={tmp_path / 'sub.csv'}"], tmp_path / "p"))
+    assert result["rows"] == TINY_DEMO["n_test"] and (cache / "demo-data" / "test.csv").is_file()
+
+
 def test_calibrated_thresholds_are_stored_in_the_checkpoint(trained_run: tuple[Path, dict]) -> None:
     _, metrics = trained_run
     assert isinstance(metrics["threshold"], list) and len(metrics["threshold"]) == 19
