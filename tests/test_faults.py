@@ -371,3 +371,23 @@ def test_good_checkpoint_loads_and_resumes(good_checkpoint: Path, tmp_path: Path
         check_resumable(weights_only)  # ... but it cannot resume training
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.ckpt")
+
+
+@pytest.mark.parametrize(
+    "row",
+    ['3.jpg\t1\t"a tab-separated row"', '16.png,1 2,an unquoted caption"', '"16,jpg",1,"a quoted id"'],
+    ids=["tab", "unquoted-caption", "quoted-comma-id"],
+)
+def test_rows_written_otherwise_are_named_not_glued(tmp_path: Path, row: str) -> None:
+    """Rows with another separator or an unquoted caption once vanished into the previous caption."""
+    path = tmp_path / "train.csv"
+    path.write_text(f'ImageID,Labels,Caption\n1.jpg,1,"a cat"\n{row}\n2.jpg,2,"a dog"\n')
+    with pytest.raises(DataFormatError, match=r"train\.csv, line 3: this line looks like the start of a row"):
+        read_captions_csv(path)
+
+
+def test_a_row_behind_a_lone_carriage_return_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "test.csv"
+    path.write_bytes(b'ImageID,Caption\n1.jpg,"a cat"\r2.jpg,"a dog"\n3.jpg,"a bird"\n')
+    with pytest.raises(DataFormatError, match=r"test\.csv, line 2: a lone carriage return .* '2\.jpg,"):
+        read_captions_csv(path)

@@ -42,6 +42,10 @@ _RECORD_START = re.compile(r'^(?P<image_id>[^",]+\.jpg),', re.IGNORECASE)
 # digits and spaces and a comma, then the caption's opening quote. None of the sample's caption continuation
 # lines looks like this; a caption line that did would be reported, never guessed at.
 _LOOKS_LIKE_RECORD = re.compile(r'^\s*(?P<field>"?[^\s",]+"?)\s*,(?:[0-9\s]*,)?\s*"')
+# A line whose first token is an image-like file name or a quoted number, whatever separator follows (a tab,
+# a space, an unquoted caption): a row written otherwise, never a caption's continuation in the published
+# files. Reported rather than glued onto the previous caption.
+_ID_LIKE = re.compile(r'^\s*"?[^\s",]*\d[^\s",]*\.(?:jpe?g|png|gif|bmp|webp)\b|^\s*"\d+\s*[,.]', re.IGNORECASE)
 _LABEL_TOKEN = re.compile(r"[0-9]+")
 _MAX_SHOWN = 5
 _MAX_LISTED = 100
@@ -64,6 +68,17 @@ class _Record:
 
 def _where(path: Path | str, line: int) -> str:
     return f"{path}, line {line}"
+
+
+def _check_hidden_rows(raw: str, path: Path, lineno: int) -> None:
+    """A lone carriage return followed by what looks like a row would hide that row inside a caption."""
+    for segment in raw.split("\r")[1:]:
+        if _RECORD_START.match(segment) or _ID_LIKE.match(segment):
+            raise DataFormatError(
+                f"{_where(path, lineno)}: a lone carriage return (\\r) comes before {segment[:40]!r}, which looks "
+                "like a row of its own. Rows must be separated by newlines (\\n or \\r\\n); convert the file's "
+                "line endings (e.g. `sed -i 's/\\r/\\n/g'`) and check that row."
+            )
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -177,6 +192,7 @@ def read_captions_csv(path: str | Path) -> pd.DataFrame:
 
     current: _Record | None = None
     for lineno, raw in enumerate(lines[1:], start=2):
+        _check_hidden_rows(raw, path, lineno)
         match = _RECORD_START.match(raw)
         if match:
             if current is not None:
@@ -188,10 +204,11 @@ def read_captions_csv(path: str | Path) -> pd.DataFrame:
                     f"{_where(path, lineno)}: duplicate ImageID {current.image_id} (first seen at line "
                     f"{first}). Each image must appear once; remove or merge the duplicate row."
                 )
-        elif looks_like := _LOOKS_LIKE_RECORD.match(raw):
+        elif looks_like := _LOOKS_LIKE_RECORD.match(raw) or _ID_LIKE.match(raw):
             raise DataFormatError(
                 f"{_where(path, lineno)}: this line looks like the start of a row, but its ImageID "
-                f"{looks_like['field']} is not a `<name>.jpg` file name (expected "
+                f"{(looks_like.groupdict().get('field') or looks_like.group()).strip()} is not a `<name>.jpg` file "
+                "name followed by a comma (expected "
                 f"`{_expected(has_labels)}`, got {raw[:60]!r}). Fix the ImageID (unquoted, e.g. `16.jpg`); "
                 "if the line belongs to the previous row's caption, rewrap it so it does not start like a row."
             )
