@@ -57,6 +57,20 @@ def test_timm_weights_file_loads_its_tensors_and_timm_preprocessing(name: str, t
     assert encoder.encode(features=features)[0].shape == (2, 8)
 
 
+@pytest.mark.parametrize("damage", ["prefixed-keys", "zero-byte"])
+def test_a_weights_file_that_does_not_fit_is_refused_not_ignored(damage: str, tmp_path: Path) -> None:
+    """timm loads without a classifier non-strictly: a file of other key names once left random weights."""
+    path, state = saved_timm_weights("resnet10t", tmp_path)
+    if damage == "prefixed-keys":  # e.g. a Lightning checkpoint of another project: `model.` before every key
+        torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, path)
+        match = r"lacks \d+ of timm resnet10t's \d+ backbone tensors .*model\.conv1"
+    else:
+        path.write_bytes(b"")
+        match = "cannot be loaded"
+    with pytest.raises(RuntimeError, match=rf"model\.image_encoder\.weights={path}.*{match}"):
+        ImageEncoder(name="resnet10t", weights=str(path))
+
+
 def test_a_vit_is_refused_for_trainable_blocks_but_works_frozen() -> None:
     with pytest.raises(ValueError, match="not a chain of stages.*trainable_blocks=0"):
         ImageEncoder("vit_tiny_patch16_224", weights="none", trainable_blocks=1)

@@ -198,19 +198,27 @@ def _timm_from_hub(name: str) -> nn.Module:
 
 
 def _timm_from_file(name: str, path: Path) -> nn.Module:
+    """timm's model with every backbone tensor from `path`, strictly: timm's own pretrained loading is
+    non-strict without a classifier, so a file of other key names would leave random weights, silently."""
     if not path.is_file():
         raise FileNotFoundError(
             f"model.image_encoder.weights={path}: no such file; give a state dict of timm {name}, or hub / none"
         )
+    hint = f"the file must be timm {name}'s state dict (or a checkpoint dict with it under state_dict/model)"
+    model = timm.create_model(name, pretrained=False, num_classes=0)
     try:
-        return timm.create_model(
-            name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
-        )
-    except (RuntimeError, KeyError, ValueError, OSError) as err:
+        state = timm.models.load_state_dict(str(path), weights_only=False)  # unwraps state_dict/model/module.
+        result = model.load_state_dict(state, strict=False)
+    except Exception as err:  # torch/pickle/zip raise many types; name the file and what it must hold
+        raise RuntimeError(f"model.image_encoder.weights={path} cannot be loaded ({err}); {hint}") from err
+    if result.missing_keys:
+        missing = result.missing_keys
         raise RuntimeError(
-            f"model.image_encoder.weights={path} does not hold timm {name}'s weights ({err}); the file must be "
-            "its state dict (or a checkpoint dict with it under state_dict/model)"
-        ) from err
+            f"model.image_encoder.weights={path} lacks {len(missing)} of timm {name}'s "
+            f"{len(model.state_dict())} backbone tensors (e.g. {missing[:3]}; the file holds e.g. "
+            f"{list(state)[:3]}); {hint}"
+        )
+    return model
 
 
 def state_fingerprint(module: nn.Module) -> str:
