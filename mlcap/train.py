@@ -115,6 +115,12 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         # Recorded once everything is built: a run that failed before training leaves no claim on the folder.
         write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.global_step == 0:  # e.g. DDP: each process's share of the rows is below one full batch
+        raise RuntimeError(
+            f"no training step ran: each of the {trainer.world_size} process(es) got fewer training rows than "
+            f"data.batch_size={cfg.data.batch_size} (the last incomplete batch is dropped); lower "
+            "data.batch_size or use fewer devices. No results are written for this run"
+        )
     train_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}

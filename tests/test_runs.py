@@ -300,3 +300,13 @@ def _compose_predict(*overrides: str) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = "unused"
     return cfg
+
+
+def test_a_run_that_trained_no_step_reports_no_results(compose_train: Callable[..., DictConfig]) -> None:
+    """A fit with no training batch (as each DDP process has when its share of the rows is below one batch,
+    the last incomplete batch being dropped; here limit_train_batches=0) writes no metrics.json that a
+    re-run would skip as done."""
+    cfg = compose_train("+trainer.limit_train_batches=0", "model/image_encoder=small_cnn")
+    with pytest.raises(RuntimeError, match=r"no training step ran: .*data\.batch_size=32"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()
