@@ -75,11 +75,11 @@ class FeatureCache:
     def path(self, spec: ExtractionSpec, paths: Sequence[Path]) -> Path:
         return self.cache_dir / f"{self.key(spec, paths)}.npy"
 
-    def _load(self, path: Path, rows: int, views: int, warn: bool = True) -> np.ndarray | None:
+    def _load(self, path: Path, meta: dict, views: int, warn: bool = True) -> np.ndarray | None:
         """The verified array at `path`, or None (with one warning line when `warn`) if absent or untrustworthy."""
         if not path.exists():
             return None
-        array, problem = _verified(path, rows, views)
+        array, problem = _verified(path, meta, views)
         if problem is not None and warn:
             log.warning("feature cache: %s %s; recomputing it", path, problem)
         return array
@@ -108,13 +108,14 @@ class FeatureCache:
         self, path: Path, rows: int, views: int, meta: dict, extract: Callable[[], np.ndarray]
     ) -> np.ndarray:
         # Quietly first: a file being rewritten by another run may not match its checksum for a moment.
-        cached = self._load(path, rows, views, warn=False)
+        meta = {**meta, "rows": rows}
+        cached = self._load(path, meta, views, warn=False)
         if cached is not None:
             log.info("feature cache hit: %s (%d rows, verified, no encoder pass)", path, rows)
             return cached
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
-            cached = self._load(path, rows, views)
+            cached = self._load(path, meta, views)
             if cached is not None:
                 log.info("feature cache hit after waiting for another run: %s", path)
                 return cached
@@ -133,18 +134,24 @@ def checksum(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _verified(path: Path, rows: int, views: int) -> tuple[np.ndarray | None, str | None]:
-    """(array, None) if the file is whole and matches the checksum stored beside it, else (None, why)."""
+def _verified(path: Path, meta: dict, views: int) -> tuple[np.ndarray | None, str | None]:
+    """(array, None) if the file is whole, matches the checksum stored beside it and was made for this key's
+    spec (the .json's encoder, image size, views, rows...), else (None, why)."""
     try:
-        expected = json.loads(path.with_suffix(".json").read_text())["sha256"]
+        stored = json.loads(path.with_suffix(".json").read_text())
+        expected = stored["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None, "has no readable checksum in its .json (lost, or written before checksums)"
+    wrong = [k for k, v in meta.items() if json.dumps(stored.get(k), default=str) != json.dumps(v, default=str)]
+    if wrong:
+        return None, f"was made for another spec ({', '.join(wrong)} differ in its .json)"
     try:
         array = np.load(path)  # read fully: a memmap would keep the file open and read-only
     except Exception as err:  # noqa: BLE001 - any failure to parse means the file cannot be trusted
         return None, f"is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:160]})"
-    if array.ndim < 3 or array.shape[:2] != (rows, views):
-        return None, f"has shape {array.shape}, expected ({rows}, {views}, ...)"
+    rows = meta["rows"]
+    if array.ndim < 3 or array.shape[:2] != (rows, views) or array.dtype != np.float16:
+        return None, f"has shape {array.shape} and dtype {array.dtype}, expected ({rows}, {views}, ...) float16"
     if checksum(array) != expected:
         return None, "does not match its checksum (changed or damaged on disk)"
     if not _all_finite(array):
