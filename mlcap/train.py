@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -43,6 +42,7 @@ from mlcap.runs import (
     is_volatile,
     launched_rank,
     lock_folder,
+    read_json,
     sweep_varied_keys,
     write_atomic,
     write_json,
@@ -85,7 +85,7 @@ def _checkpoint_callback(callbacks: list[Callback]) -> ModelCheckpoint:
 def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train one model; write checkpoint, TensorBoard logs, per-class table and metrics.json into the run folder.
 
-    The recipe: check settings and folder, build data, model and trainer, fit, evaluate the best checkpoint,
+    The recipe: check settings and folder, build trainer, data and model, fit, evaluate the best checkpoint,
     calibrate, write results. Re-running into the same folder with the same config (mlcap.runs) skips a
     finished run and resumes an interrupted one from its last checkpoint. `compared`: the keys a sweep varies
     with this job's values, shown first in TensorBoard's HPARAMS tab.
@@ -97,7 +97,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     resolved = OmegaConf.to_container(cfg, resolve=True)
     state = check_folder(output_dir, resolved)  # type: ignore[arg-type]
     if state == FINISHED:
-        done = json.loads((output_dir / METRICS_FILE).read_text())
+        done = read_json(output_dir / METRICS_FILE)
         log.info("%s holds this run, finished (val samples-F1 %.4f): skipping", output_dir, done["val_samples_f1"])
         return done
     ckpt_path = _resume_from(cfg, output_dir)
@@ -115,12 +115,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         # Recorded once everything is built: a run that failed before training leaves no claim on the folder.
         write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    if trainer.global_step == 0:  # e.g. DDP: each process's share of the rows is below one full batch
-        raise RuntimeError(
-            f"no training step ran: each of the {trainer.world_size} process(es) got fewer training rows than "
-            f"data.batch_size={cfg.data.batch_size} (the last incomplete batch is dropped); lower "
-            "data.batch_size or use fewer devices. No results are written for this run"
-        )
+    _check_trained(trainer, cfg.data.batch_size)
     train_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}
@@ -148,6 +143,16 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         output_dir,
     )
     return metrics
+
+
+def _check_trained(trainer: pl.Trainer, batch_size: int) -> None:
+    """A fit without one training step has nothing to report (DDP: each process's share below one batch)."""
+    if trainer.global_step == 0:
+        raise RuntimeError(
+            f"no training step ran: each of the {trainer.world_size} process(es) got fewer training rows than "
+            f"data.batch_size={batch_size} (the last incomplete batch is dropped); lower data.batch_size or "
+            "use fewer devices. No results are written for this run"
+        )
 
 
 def _resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
