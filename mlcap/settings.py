@@ -83,7 +83,7 @@ class ModelSchema:
 @dataclass
 class DataSchema:
     root: str = knob()
-    batch_size: int = knob(ge=1)
+    batch_size: int = knob(ge=2)  # batch norm needs 2 rows a batch in training
     val_fraction: float = knob(gt=0.0, lt=1.0)
     split_seed: int = knob(ge=0)
     train_rows: int | None = knob(ge=1)

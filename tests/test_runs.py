@@ -220,6 +220,7 @@ def _compose_train(*overrides: str) -> DictConfig:
     [
         (["lr=abc"], "lr='abc' is not allowed: it must be a number"),
         (["data.batch_size=1.5"], "data.batch_size=1.5 is not allowed: it must be an integer"),
+        (["data.batch_size=1"], "data.batch_size=1 is not allowed: it must be >= 2"),
         (["model.attention=maybe"], "model.attention='maybe' is not allowed: it must be true or false"),
         (["threshold=1.5"], "threshold=1.5 is not allowed: it must be > 0.0 and < 1.0"),
         (["threshold=-0.5"], "threshold=-0.5 is not allowed"),
