@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,8 +44,6 @@ VOLATILE_KEYS = (
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
 )
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _OUTPUT = "<run folder>"
 _CACHE = "<cache dir>"
 
@@ -237,20 +234,6 @@ def folder_in_use(folder: Path) -> bool:
     return False
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: readers see the old file or the whole new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a results file is as readable as any other
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside `path` for a library to write to (a plot, a CSV), renamed onto `path` when the
@@ -262,6 +245,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename: readers see the old file or the whole new one, never half."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, data: Any) -> None:

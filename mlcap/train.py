@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from collections.abc import Mapping
@@ -18,7 +17,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_only
 
 from mlcap.calibration import calibrate, cross_fitted_f1
 from mlcap.checkpoints import check_checkpoint, check_resumable, load_checkpoint
@@ -38,6 +36,7 @@ from mlcap.runs import (
     LAST_CHECKPOINT,
     METRICS_FILE,
     RunFolderError,
+    atomic_path,
     check_folder,
     is_volatile,
     launched_rank,
@@ -111,7 +110,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     hparams = {**dict(compared or {}), **{k: v for k, v in settings.items() if not is_volatile(k)}}
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)  # Lightning keeps them (hparams.yaml beside the event file)
-    if _global_rank() == 0:  # DDP: the other ranks read the folder, never write it
+    if launched_rank() == 0:  # DDP: the other ranks read the folder, never write it
         # Recorded once everything is built: a run that failed before training leaves no claim on the folder.
         write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -165,11 +164,6 @@ def _resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
         return None
     log.info("resuming the interrupted run in %s from %s", output_dir, last)
     return str(check_resumable(last, automatic=True))
-
-
-def _global_rank() -> int:
-    """This process's rank as the launcher set it (Lightning's DDP children, SLURM, torchrun); 0 alone."""
-    return int(rank_zero_only.rank)
 
 
 def check_encoders(cfg: DictConfig) -> None:
@@ -358,9 +352,8 @@ def set_checkpoint_threshold(path: Path, threshold: float | list[float]) -> None
     """Store a calibrated threshold in a checkpoint, atomically: a crash never leaves a half-written file."""
     checkpoint = load_checkpoint(path)
     checkpoint["hyper_parameters"]["threshold"] = threshold
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
 
 
 def log_comparison(trainer: pl.Trainer, hparams: Mapping[str, Any], varied: list[str], f1: float) -> None:
