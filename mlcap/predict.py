@@ -97,7 +97,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     label_ids = np.asarray(model.label_ids)
     table = datamodule.tables["predict"]
     if len(preds) != len(table):  # one row per input row, or no file at all
-        raise RuntimeError(f"{len(preds)} predictions for {len(table)} rows of {cfg.data.csv}; nothing written")
+        raise RuntimeError(
+            f"{len(preds)} predictions for {len(table)} rows of {cfg.data.csv}; nothing written"
+        )
     submission = pd.DataFrame(
         {"ImageID": table["image_id"], "Labels": [" ".join(map(str, label_ids[row])) for row in preds]}
     )

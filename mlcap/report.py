@@ -415,9 +415,7 @@ def _common_overrides(jobs: Sequence[JobRecord]) -> list[str]:
     return [o for o in with_overrides[0] if all(o in other for other in with_overrides[1:])]
 
 
-def write_report(
-    sweep_dir: str | Path, layout: str = "auto", paper: Mapping[str, Any] | None = None
-) -> Path:
+def write_report(sweep_dir: str | Path, layout: str = "auto", paper: Mapping[str, Any] | None = None) -> Path:
     """Write report.md, CSVs and PNGs into `sweep_dir`; return the report path.
 
     layout: "flat" (one table), "one-at-a-time" (one table per varied key) or "auto" (one-at-a-time when the
@@ -517,7 +515,9 @@ def _paper_tables(sweep_dir: Path) -> list[dict[str, Any]]:
     return list(OmegaConf.to_container(paper).values()) if paper else []  # type: ignore[union-attr]
 
 
-def _target(setting: Mapping[str, Any], keys: Sequence[str], base: Mapping[str, Any]) -> dict[str, Any] | None:
+def _target(
+    setting: Mapping[str, Any], keys: Sequence[str], base: Mapping[str, Any]
+) -> dict[str, Any] | None:
     """The values of our varied keys at which a paper row was measured, or None if our sweep cannot have it
     (it sets a key that our jobs all hold at another value)."""
     for key, value in setting.items():
@@ -542,15 +542,19 @@ def _paper_marks(
     for table in tables:
         for row in table.get("rows", []):
             setting = dict(row["setting"])
-            target = _target(setting, keys, base) if base is not None else (
-                setting if set(setting) == set(keys) else None
+            target = (
+                _target(setting, keys, base)
+                if base is not None
+                else (setting if set(setting) == set(keys) else None)
             )
             if target is not None and row.get("val_samples_f1") is not None:
                 marks.append((target, float(row["val_samples_f1"])))
     return marks
 
 
-def _paper_f1(row: pd.Series, keys: Sequence[str], marks: Sequence[tuple[dict[str, Any], float]]) -> float | None:
+def _paper_f1(
+    row: pd.Series, keys: Sequence[str], marks: Sequence[tuple[dict[str, Any], float]]
+) -> float | None:
     for target, f1 in marks:
         if all(_same_value(row[k], target[k]) for k in keys):
             return f1
@@ -588,14 +592,28 @@ def _paper_sections(
             ours = _matching(settings, _target(dict(prow["setting"]), keys, base))
             setting = " ".join(f"{k}={_value_text(v)}" for k, v in prow["setting"].items())
             rows.append(
-                [f"{prow.get('name', setting)} (`{setting}`)", str(int(ours["n"])) if ours is not None else "0"]
+                [
+                    f"{prow.get('name', setting)} (`{setting}`)",
+                    str(int(ours["n"])) if ours is not None else "0",
+                ]
                 + _paper_cells(ours, prow, "val_samples_f1")
                 + _paper_cells(ours, prow, "val_loss")
                 + _paper_cells(ours, prow, "train_loss")
                 + _paper_cells(ours, prow, "model_size_mb")
             )
-        columns = ["setting", "n", "F1: paper", "F1: ours", "ours − paper", "val loss: paper", "val loss: ours",
-                   "train loss: paper", "train loss: ours", "MB: paper", "MB: ours"]
+        columns = [
+            "setting",
+            "n",
+            "F1: paper",
+            "F1: ours",
+            "ours − paper",
+            "val loss: paper",
+            "val loss: ours",
+            "train loss: paper",
+            "train loss: ours",
+            "MB: paper",
+            "MB: ours",
+        ]
         lines += [f"### {table.get('title', 'Table')}", "", _markdown(pd.DataFrame(rows, columns=columns))]
     return lines
 

@@ -40,7 +40,14 @@ def knob(
 
 
 # The built-in image encoders (mlcap.models.image_encoders.PRESETS; `weights: null`), kept here torch-free.
-IMAGE_PRESETS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50", "resnext50", "small_cnn")
+IMAGE_PRESETS = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet50",
+    "resnext50",
+    "small_cnn",
+)
 
 
 @dataclass
@@ -243,7 +250,9 @@ def _check_image_size(value: Any) -> None:
     if value is None:
         return
     sizes = list(value) if isinstance(value, list | tuple) or OmegaConf.is_list(value) else [value]
-    ok = len(sizes) in (1, 2) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)
+    ok = len(sizes) in (1, 2) and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes
+    )
     if not ok:
         raise SettingsError(
             f"data.image_size={value!r} is not allowed: it must be null, a positive integer or [height, width]"

@@ -208,7 +208,9 @@ def expand_sweep(cli: Sequence[CliList], points: Sequence[Mapping[str, Any]]) ->
         for combo in itertools.product(*(values for _, values in cli)):
             kept = [o for (key, _), o in zip(cli, combo, strict=True) if bare_key(key) not in point_keys]
             swept = [o for (_, values), o in zip(cli, combo, strict=True) if len(values) > 1]
-            swept_parts = sorted(swept, key=lambda o: bare_key(o.split("=", 1)[0]))  # order as typed: no matter
+            swept_parts = sorted(
+                swept, key=lambda o: bare_key(o.split("=", 1)[0])
+            )  # order as typed: no matter
             overrides = kept + point_overrides
             name = job_name(point_overrides + swept_parts)
             if name in names:

@@ -97,7 +97,9 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     state = check_folder(output_dir, resolved)  # type: ignore[arg-type]
     if state == FINISHED:
         done = read_json(output_dir / METRICS_FILE)
-        log.info("%s holds this run, finished (val samples-F1 %.4f): skipping", output_dir, done["val_samples_f1"])
+        log.info(
+            "%s holds this run, finished (val samples-F1 %.4f): skipping", output_dir, done["val_samples_f1"]
+        )
         return done
     ckpt_path = _resume_from(cfg, output_dir)
     pl.seed_everything(cfg.seed, workers=True)
@@ -270,7 +272,11 @@ class Evaluation:
 def evaluate(best: MultiLabelClassifier, datamodule: CaptionImageDataModule, cfg: DictConfig) -> Evaluation:
     """Validation probabilities of the best model through Lightning, on the trainer's accelerator."""
     accelerator, precision = cfg.trainer.accelerator, cfg.trainer.precision
-    views = datamodule.view_dataloaders("val") if datamodule.serves_features and datamodule.cache_views > 1 else []
+    views = (
+        datamodule.view_dataloaders("val")
+        if datamodule.serves_features and datamodule.cache_views > 1
+        else []
+    )
     probs = probabilities(best, views if cfg.tta else datamodule.val_dataloader(), accelerator, precision)
     target = datamodule.labels("val")
 

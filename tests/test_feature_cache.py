@@ -170,10 +170,10 @@ def test_training_draws_every_view_and_evaluation_uses_the_original() -> None:
     tokens, lengths = torch.ones(5, 3, dtype=torch.long), torch.ones(5, dtype=torch.long)
     torch.manual_seed(0)
     train = CaptionRows(tokens, lengths, None, features=features, random_view=True)
-    seen = {int(train[i % 5]["features"][0]) for i in range(200)}
+    seen = {int(train[i % 5].features[0, 0]) for i in range(200)}
     assert seen == {0, 1, 2, 3}
     evaluation = CaptionRows(tokens, lengths, None, features=features, random_view=False)
-    assert {int(evaluation[i]["features"][0]) for i in range(5)} == {0}
+    assert {int(evaluation[i].features[0, 0]) for i in range(5)} == {0}
 
 
 def test_rows_need_images_or_features() -> None:

@@ -9,17 +9,18 @@ import urllib.error
 import pytest
 import torch
 
+from mlcap.batch import Batch
 from mlcap.models.caption_encoder import CaptionEncoder
 from mlcap.models.fusion import FusionNet, inference_size_bytes
 from mlcap.models.image_encoders import ImageEncoder, MissingWeightsError, backbone_stages, build_backbone
 
 
-def _batch(n: int = 4, size: int = 32, vocab: int = 20, steps: int = 7) -> dict[str, torch.Tensor]:
+def _batch(n: int = 4, size: int = 32, vocab: int = 20, steps: int = 7) -> Batch:
     generator = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, steps + 1, (n,), generator=generator)
     tokens = torch.randint(2, vocab, (n, steps), generator=generator)
     tokens[torch.arange(steps)[None, :] >= lengths[:, None]] = 0
-    return {"image": torch.randn(n, 3, size, size, generator=generator), "tokens": tokens, "lengths": lengths}
+    return Batch(tokens, lengths, images=torch.randn(n, 3, size, size, generator=generator))
 
 
 @pytest.mark.parametrize("rnn", ["gru", "lstm"])
@@ -31,11 +32,11 @@ def test_caption_encoder_shapes_and_padding_invariance(rnn: str, attention: bool
     )
     encoder.eval()
     batch = _batch()
-    out = encoder(batch["tokens"], batch["lengths"])
+    out = encoder(batch.tokens, batch.lengths)
     assert out.shape == (4, 5)
     # Extra padding must not change the encoding: masks and packing ignore padded steps.
-    padded = torch.cat([batch["tokens"], torch.zeros(4, 5, dtype=torch.long)], dim=1)
-    torch.testing.assert_close(encoder(padded, batch["lengths"]), out)
+    padded = torch.cat([batch.tokens, torch.zeros(4, 5, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(encoder(padded, batch.lengths), out)
 
 
 def test_caption_encoder_uses_word_vectors() -> None:
@@ -62,7 +63,7 @@ def test_frozen_backbone_stays_in_eval_and_cached_features_match() -> None:
     encoder.train()
     assert not encoder.backbone.training
     assert not any(p.requires_grad for p in encoder.backbone.parameters())
-    images = _batch(size=64)["image"]
+    images = _batch(size=64).images
     with torch.no_grad():
         features = encoder.backbone(images)
         torch.testing.assert_close(encoder(images), encoder.forward_features(features))
@@ -123,7 +124,7 @@ def test_partial_fine_tuning_trains_only_the_top_stages_on_the_cached_map() -> N
     assert all(p.requires_grad for p in top)
     assert not any(p.requires_grad for p in encoder.backbone.blocks[5].parameters())
     assert not encoder.backbone.blocks[5].training and encoder.backbone.blocks[6].training
-    images = _batch(size=64)["image"]
+    images = _batch(size=64).images
     fingerprint = encoder.cache_fingerprint()
     with torch.no_grad():
         cached = encoder.cached_forward(images)
@@ -147,7 +148,7 @@ def test_label_attention_pooling_adds_per_label_logits() -> None:
     encoder = ImageEncoder(
         "small_cnn", embed_dim=5, pretrained=False, pooling="label_attention", num_labels=19
     )
-    embedding, label_logits = encoder.encode(images=_batch()["image"])
+    embedding, label_logits = encoder.encode(images=_batch().images)
     assert embedding.shape == (4, 5) and label_logits is not None and label_logits.shape == (4, 19)
     fused = FusionNet(encoder, CaptionEncoder(20, word_dim=8, hidden_dim=6, embed_dim=5), 19, embed_dim=5)
     assert fused(_batch()).shape == (4, 19)

@@ -45,7 +45,9 @@ _LOOKS_LIKE_RECORD = re.compile(r'^\s*(?P<field>"?[^\s",]+"?)\s*,(?:[0-9\s]*,)?\
 # A line whose first token is an image-like file name or a quoted number, whatever separator follows (a tab,
 # a space, an unquoted caption): a row written otherwise, never a caption's continuation in the published
 # files. Reported rather than glued onto the previous caption.
-_ID_LIKE = re.compile(r'^\s*"?[^\s",]*\d[^\s",]*\.(?:jpe?g|png|gif|bmp|webp)\b|^\s*"\d+\s*[,.]', re.IGNORECASE)
+_ID_LIKE = re.compile(
+    r'^\s*"?[^\s",]*\d[^\s",]*\.(?:jpe?g|png|gif|bmp|webp)\b|^\s*"\d+\s*[,.]', re.IGNORECASE
+)
 _LABEL_TOKEN = re.compile(r"[0-9]+")
 _MAX_SHOWN = 5
 _MAX_LISTED = 100

@@ -12,12 +12,13 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from platformdirs import user_cache_dir
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from mlcap.data.comp5329 import DataFormatError, check_images, check_labels, read_captions_csv
-from mlcap.data.datasets import CaptionRows, image_hw, image_transform
+from mlcap.data.datasets import CaptionRows, image_hw, image_transform, whole_batch
 from mlcap.data.demo import ensure_demo
 from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
+from mlcap.data.metadata import DataMetadata
 from mlcap.data.text import Vocabulary, preprocess_caption
 from mlcap.models.image_encoders import ImageEncoder
 from mlcap.models.sentence_encoder import SentenceEncoder
@@ -198,6 +199,20 @@ class CaptionImageDataModule(pl.LightningDataModule):
         order = np.random.default_rng(self.split_seed).permutation(train_idx)
         return np.sort(order[: self.train_rows]), np.sort(order[self.train_rows :])
 
+    def metadata(self) -> DataMetadata:
+        """What a checkpoint carries to rebuild this data's inputs (after setup("fit"); the image size is
+        resolved once the image encoder is known)."""
+        assert self.vocab is not None
+        return DataMetadata(
+            label_ids=tuple(self.label_ids),
+            vocabulary=tuple(self.vocab.tokens),
+            max_len=self.max_len,
+            image_size=self._image_size,
+            cache_views=self.cache_views,
+            root=str(self.root),
+            image_dir=self.image_dir,
+        )
+
     @property
     def train_token_lists(self) -> list[list[str]]:
         """Preprocessed train-split captions, for training word vectors on train data only."""
@@ -337,15 +352,18 @@ class CaptionImageDataModule(pl.LightningDataModule):
         )
 
     def _loader(self, split: str, train: bool, view: int = 0) -> DataLoader:
+        """Batches fetched whole (see CaptionRows); an incomplete last training batch is dropped when there
+        is more than one batch (batch norm cannot train on a batch of one row)."""
         dataset = self.dataset(split, train, view)
         workers = 0 if self.serves_features else self.num_workers
+        order = RandomSampler(dataset) if train else SequentialSampler(dataset)
+        drop_last = train and len(dataset) > self.batch_size
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
+            batch_sampler=BatchSampler(order, self.batch_size, drop_last=drop_last),
+            collate_fn=whole_batch,
             num_workers=workers,
             persistent_workers=workers > 0,
-            drop_last=train and len(dataset) > self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

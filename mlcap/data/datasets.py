@@ -10,6 +10,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from mlcap.batch import Batch
+
 
 def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
     """`data.image_size` as (height, width): one number is a square, two are [height, width]."""
@@ -101,9 +103,12 @@ def collate_images(
 class CaptionRows(Dataset):
     """Rows with either image files (decoded on the fly) or cached backbone features of several views.
 
-    `features` has shape [rows, views, dim]; with `random_view` each access draws one view (the cached form of
+    `features` has shape [rows, views, ...]; with `random_view` each row draws one view (the cached form of
     the flip augmentation), otherwise `view` (0: the original image; others for test-time augmentation).
-    `sentences` are precomputed caption embeddings of a frozen sentence encoder, one row per caption.
+    `sentences` are precomputed caption states of a frozen sentence encoder, one row per caption.
+
+    A whole batch is fetched at once (`__getitems__`, which torch's DataLoader calls with a batch sampler's
+    indices): cached rows are gathered with one tensor index per field, with no Python work per row.
     """
 
     def __init__(
@@ -135,17 +140,32 @@ class CaptionRows(Dataset):
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item: dict[str, torch.Tensor] = {"tokens": self.tokens[index], "lengths": self.lengths[index]}
-        if self.features is not None:
-            views = self.features.shape[1]
-            view = int(torch.randint(views, ())) if self.random_view and views > 1 else self.view
-            item["features"] = self.features[index, view]
-        else:
+    def __getitem__(self, index: int) -> Batch:
+        """A batch of one row."""
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        lengths = self.lengths[rows]
+        # Padding beyond the batch's longest caption carries nothing: cut it before the embedding and RNN.
+        tokens = self.tokens[rows, : int(lengths.max())]
+        labels = self.labels[rows] if self.labels is not None else None
+        sentences = self.sentences[rows] if self.sentences is not None else None
+        if self.features is None:
             assert self.image_paths is not None and self.transform is not None
-            item["image"] = self.transform(load_rgb(self.image_paths[index], self.draft_size))
-        if self.sentences is not None:
-            item["sentence"] = self.sentences[index]
-        if self.labels is not None:
-            item["labels"] = self.labels[index]
-        return item
+            images = torch.stack(
+                [self.transform(load_rgb(self.image_paths[i], self.draft_size)) for i in rows.tolist()]
+            )
+            return Batch(tokens, lengths, images=images, sentences=sentences, labels=labels)
+        views = self.features.shape[1]
+        if self.random_view and views > 1:
+            view = torch.randint(views, (len(rows),))
+        else:
+            view = torch.full((len(rows),), self.view, dtype=torch.long)
+        features = self.features[rows, view]
+        return Batch(tokens, lengths, features=features, sentences=sentences, labels=labels)
+
+
+def whole_batch(batch: Batch) -> Batch:
+    """The DataLoader's collate step: `CaptionRows.__getitems__` already returns the batch."""
+    return batch

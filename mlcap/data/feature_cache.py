@@ -142,7 +142,9 @@ def _verified(path: Path, meta: dict, views: int) -> tuple[np.ndarray | None, st
         expected = stored["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None, "has no readable checksum in its .json (lost, or written before checksums)"
-    wrong = [k for k, v in meta.items() if json.dumps(stored.get(k), default=str) != json.dumps(v, default=str)]
+    wrong = [
+        k for k, v in meta.items() if json.dumps(stored.get(k), default=str) != json.dumps(v, default=str)
+    ]
     if wrong:
         return None, f"was made for another spec ({', '.join(wrong)} differ in its .json)"
     try:
@@ -151,7 +153,10 @@ def _verified(path: Path, meta: dict, views: int) -> tuple[np.ndarray | None, st
         return None, f"is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:160]})"
     rows = meta["rows"]
     if array.ndim < 3 or array.shape[:2] != (rows, views) or array.dtype != np.float16:
-        return None, f"has shape {array.shape} and dtype {array.dtype}, expected ({rows}, {views}, ...) float16"
+        return (
+            None,
+            f"has shape {array.shape} and dtype {array.dtype}, expected ({rows}, {views}, ...) float16",
+        )
     if checksum(array) != expected:
         return None, "does not match its checksum (changed or damaged on disk)"
     if not _all_finite(array):

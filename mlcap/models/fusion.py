@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mlcap.batch import Batch
 from mlcap.models.caption_encoder import CaptionEncoder
 from mlcap.models.image_encoders import ImageEncoder
 from mlcap.models.sentence_encoder import SentenceEncoder
@@ -14,7 +15,7 @@ class FusionNet(nn.Module):
     """Concatenation fusion. Without a caption encoder it is the image-only model of the study's ablation.
 
     A `sentence_encoder` adds a projection of its caption embedding to the text side, beside the caption encoder
-    or instead of it. Its frozen part runs on the data side (served as `batch["sentence"]`); here run only the
+    or instead of it. Its frozen part runs on the data side (served as `Batch.sentences`); here run only the
     layers that fine-tune, if any, and the weights travel with (and are counted in) the model.
 
     With `aux_heads` an image-only and a caption-only classifier sit beside the concatenation head, each
@@ -54,23 +55,21 @@ class FusionNet(nn.Module):
                 }
             )
 
-    def head_logits(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def head_logits(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Logits of every head ("fusion", plus "image"/"caption" with aux heads), each trained on its own."""
-        image, label_logits = self.image_encoder.encode(
-            images=batch.get("image"), features=batch.get("features")
-        )
+        image, label_logits = self.image_encoder.encode(images=batch.images, features=batch.features)
         # Per-label attention logits (pooling=label_attention) are a residual on every head that sees the image.
         extra = label_logits if label_logits is not None else 0.0
         if not self.has_text:
             return {"fusion": self.classifier(self.norm(image)) + extra}
         text = []
         if self.caption_encoder is not None:
-            text.append(self.caption_encoder(batch["tokens"], batch["lengths"]))
+            text.append(self.caption_encoder(batch.tokens, batch.lengths))
         if self.sentence_proj is not None:
-            if "sentence" not in batch:
-                raise KeyError("model has a sentence encoder but the batch has no 'sentence' embeddings")
+            if batch.sentences is None:
+                raise ValueError("the model has a sentence encoder but the batch has no `sentences`")
             assert self.sentence_encoder is not None
-            text.append(self.sentence_proj(self.sentence_encoder.encode(batch["sentence"])))
+            text.append(self.sentence_proj(self.sentence_encoder.encode(batch.sentences)))
         caption = torch.cat(text, dim=1)
         logits = {"fusion": self.classifier(self.norm(torch.cat([image, caption], dim=1))) + extra}
         if self.aux is not None:
@@ -78,7 +77,7 @@ class FusionNet(nn.Module):
             logits["caption"] = self.aux["caption"](caption)
         return logits
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
         """Logits from a batch holding either raw `image`s or cached backbone `features`, plus `tokens`/`lengths`."""
         logits = self.head_logits(batch)
         if len(logits) == 1:

@@ -14,6 +14,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
 
+from mlcap.batch import Batch
 from mlcap.metrics import SamplesF1, decide_labels
 from mlcap.models.caption_encoder import CaptionEncoder
 from mlcap.models.fusion import FusionNet
@@ -137,13 +138,13 @@ class MultiLabelClassifier(pl.LightningModule):
         value = self.hparams["threshold"]
         return value if isinstance(value, float | int) else torch.tensor(value, device=self.device)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
         return self.net(batch)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         heads = self.net.head_logits(batch)
-        losses = {name: self.loss_fn(logits, batch["labels"]) for name, logits in heads.items()}
-        size = batch["labels"].shape[0]
+        losses = {name: self.loss_fn(logits, batch.target) for name, logits in heads.items()}
+        size = len(batch)
         self.log("train/loss", losses["fusion"], on_step=False, on_epoch=True, batch_size=size)
         if len(losses) > 1:
             for name in ("image", "caption"):
@@ -159,18 +160,18 @@ class MultiLabelClassifier(pl.LightningModule):
             )
         return total
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         logits = self(batch)
-        loss = self.loss_fn(logits, batch["labels"])
+        loss = self.loss_fn(logits, batch.target)
         preds = decide_labels(torch.sigmoid(logits), self.threshold).int()
-        self.val_metrics.update(preds, batch["labels"].int())
-        self.log("val/loss", loss, on_epoch=True, batch_size=batch["labels"].shape[0])
+        self.val_metrics.update(preds, batch.target.int())
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch))
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute())
         self.val_metrics.reset()
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Probabilities; thresholding belongs to the caller, which may calibrate it."""
         return torch.sigmoid(self(batch))
 
