@@ -37,6 +37,7 @@ BEST_CHECKPOINT = "checkpoints/best.ckpt"
 VOLATILE_KEYS = (
     "paths",
     "ckpt_path",
+    "threads",
     "data.cache_dir",
     "data.num_workers",
     "data.extract_batch_size",

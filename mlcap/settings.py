@@ -110,6 +110,7 @@ class TrainSchema:
     threshold_calibration: str = knob(choices=("none", "global", "per_class"))
     tta: bool = knob()
     ckpt_path: str | None = knob()
+    threads: int | None = knob(ge=1)
 
 
 @dataclass

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +91,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     finished run and resumes an interrupted one from its last checkpoint. `compared`: the keys a sweep varies
     with this job's values, shown first in TensorBoard's HPARAMS tab.
     """
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     quiet_libraries()
     settings = validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -102,6 +104,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         )
         return done
     ckpt_path = _resume_from(cfg, output_dir)
+    torch.set_num_threads(cpu_threads(cfg.get("threads")))
     pl.seed_everything(cfg.seed, workers=True)
     check_encoders(cfg)
 
@@ -129,6 +132,9 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         **evaluation.summary(),
         **_run_facts(best, model, history, _saved_epoch(best_path, history, checkpoint.monitor)),
         "train_time_s": round(train_seconds, 2),
+        "threads": torch.get_num_threads(),
+        "started": datetime.fromtimestamp(started_at).isoformat(timespec="milliseconds"),
+        "finished": datetime.now().isoformat(timespec="milliseconds"),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "checkpoint": str(best_path),
     }
@@ -144,6 +150,22 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         output_dir,
     )
     return metrics
+
+
+def cpu_threads(threads: int | None) -> int:
+    """`threads`, else in a sweep whose launcher runs n_jobs side by side an equal share of the cores, else
+    all of them (what torch picks by itself)."""
+    cores = len(os.sched_getaffinity(0))
+    if threads:
+        return threads
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return cores
+    n_jobs = int(HydraConfig.get().launcher.get("n_jobs") or 1)
+    side_by_side = cores if n_jobs < 0 else min(n_jobs, cores)  # joblib: -1 is one job per core
+    return max(1, cores // side_by_side)
 
 
 def _check_trained(trainer: pl.Trainer, batch_size: int) -> None:

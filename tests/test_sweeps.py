@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -103,14 +105,22 @@ def test_table_configs_expand_to_the_study_tables() -> None:
 def test_study_sweep_runs_every_distinct_setting_of_the_four_tables_once() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         study = compose("train", overrides=["sweep=study"], return_hydra_config=True)
-        tables = [compose("train", overrides=[f"sweep=table{n}"], return_hydra_config=True) for n in (1, 2, 3, 4)]
+        tables = [
+            compose("train", overrides=[f"sweep=table{n}"], return_hydra_config=True) for n in (1, 2, 3, 4)
+        ]
     axes = OmegaConf.to_container(study.hydra.sweeper.axes)
     base = {key: OmegaConf.select(study, key) for key in axes}
     jobs = expand_sweep(cli("sweep=study", "seed=0,1,2"), sweep_points(None, axes, base))
     settings = sorted({re.sub(r"(^|,)seed=\d$", "", job.name) or "base" for job in jobs})
     assert len(settings) == 16 and len(jobs) == 48 and "base" in settings
-    assert {"model.caption=false", "model.word_vectors=word2vec_cbow", "model.attention=false",
-            "model.batch_norm=false", "lr=0.03", "data.batch_size=128"} <= set(settings)
+    assert {
+        "model.caption=false",
+        "model.word_vectors=word2vec_cbow",
+        "model.attention=false",
+        "model.batch_norm=false",
+        "lr=0.03",
+        "data.batch_size=128",
+    } <= set(settings)
     # Every table's own jobs are among the study's (the base model stands for the tables' "with" rows).
     for table in tables:
         sweeper = table.hydra.sweeper
@@ -125,8 +135,13 @@ def test_study_sweep_runs_every_distinct_setting_of_the_four_tables_once() -> No
     # The paper's figures of all four tables travel with the study (and each with its own table sweep).
     paper = study.hydra.callbacks.report.paper
     assert list(paper) == ["table1", "table2", "table3", "table4"]
-    assert paper.table2.rows[0] == {"name": "without attention", "setting": {"model.attention": False},
-                                    "train_loss": 0.137472, "val_loss": 0.1302, "val_samples_f1": 0.7402}
+    assert paper.table2.rows[0] == {
+        "name": "without attention",
+        "setting": {"model.attention": False},
+        "train_loss": 0.137472,
+        "val_loss": 0.1302,
+        "val_samples_f1": 0.7402,
+    }
     assert list(tables[3].hydra.callbacks.report.paper) == ["table4"]
 
 
@@ -205,7 +220,11 @@ def test_job_names_are_safe_folder_names() -> None:
 
 def test_a_folder_is_only_reused_for_the_same_config(tmp_path: Path) -> None:
     """Jobs are checked against the config recorded in their folder, whatever the overrides' order."""
-    same, other, fresh = SweepJob("a", ["seed=0", "lr=0.1"]), SweepJob("b", ["lr=0.2"]), SweepJob("c", ["lr=0.3"])
+    same, other, fresh = (
+        SweepJob("a", ["seed=0", "lr=0.1"]),
+        SweepJob("b", ["lr=0.2"]),
+        SweepJob("c", ["lr=0.3"]),
+    )
 
     def compose_job(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -253,10 +272,13 @@ def test_sweep_runs_in_parallel_then_rerun_skips_finished_jobs(tiny_demo: Path, 
         "model/image_encoder=small_cnn",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    first = _sweep([*command, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    first = _sweep(command)  # the default launcher: 2 jobs side by side, the cores split between them
     assert first.returncode == 0, first.stdout[-3000:]
     jobs = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json"))
     assert jobs == ["model.attention=false", "model.attention=true"]
+    runs = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    assert [run["threads"] for run in runs] == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
+    assert max(run["started"] for run in runs) < min(run["finished"] for run in runs)  # they overlapped
     report = (sweep_dir / "report.md").read_text()
     assert "2 jobs: 2 finished" in report and "`model.attention`" in report
     assert "### Table 2: attention" in report and "| 0.8564 " in report  # the paper's figures beside ours

@@ -11,7 +11,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -243,6 +244,7 @@ def extract_features(
     chunks: list[np.ndarray] = []
     failures: list[tuple[int, str]] = []
     with (
+        all_cores(),
         torch.inference_mode(),
         tqdm(total=len(paths), unit="img", desc="extracting features", mininterval=2.0) as progress,
         torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"),
@@ -264,6 +266,18 @@ def extract_features(
     if failures:
         raise _unreadable_images(failures, paths, sources)
     return np.concatenate(chunks) if chunks else np.zeros((0, views, 0), dtype=np.float16)
+
+
+@contextmanager
+def all_cores() -> Iterator[None]:
+    """Every core this process may use, for the time of an extraction: a sweep job that runs on its share of
+    the threads extracts alone (the jobs beside it wait for the cache file's lock), so it takes them all."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _unreadable_images(
