@@ -27,6 +27,7 @@ from mlcap.data.datamodule import CaptionImageDataModule  # noqa: E402
 from mlcap.data.datasets import image_transform  # noqa: E402
 from mlcap.data.feature_cache import extract_features  # noqa: E402
 from mlcap.data.word_vectors import train_word_vectors  # noqa: E402
+from mlcap.extraction import prepare_inputs  # noqa: E402
 from mlcap.models.image_encoders import ImageEncoder  # noqa: E402
 from mlcap.models.lit_module import MultiLabelClassifier  # noqa: E402
 
@@ -126,10 +127,10 @@ def main() -> None:
             image_encoder={"_target_": "mlcap.models.image_encoders.ImageEncoder", "name": args.encoder},
             embedding_init=vectors,
         )
-        dm.attach_image_encoder(model.net.image_encoder)
+        prepare_inputs(dm, model.net.image_encoder)
         cached_loader = dm.train_dataloader()
         cached = min(epoch_seconds(model, cached_loader) for _ in range(2))
-        dm.use_cache = False
+        dm._features.clear()  # decoded images again: the backbone runs every step
         recomputed = epoch_seconds(model, dm.train_dataloader())
         print(
             f"2. one epoch on {args.rows} rows: cached features {cached:.2f} s, recomputed features "

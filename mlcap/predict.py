@@ -6,16 +6,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mlcap.checkpoints import check_checkpoint
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule, multi_hot
+from mlcap.data.metadata import DataMetadata
 from mlcap.data.text import Vocabulary
+from mlcap.extraction import prepare_inputs
 from mlcap.inference import probabilities
 from mlcap.metrics import decide_labels, samples_f1
 from mlcap.models.lit_module import MultiLabelClassifier
@@ -55,21 +56,30 @@ def read_label_file(path: str | Path, label_ids: list[int]) -> pd.DataFrame:
     return table
 
 
-def _data_config(cfg: DictConfig, preprocessing: dict[str, Any], tta: bool) -> dict[str, Any]:
-    """The checkpoint's data settings, with the files this command names (data=..., data.root, data.csv)."""
-    data_cfg: dict[str, Any] = dict(preprocessing)
-    if cfg.data.root is not None:
-        data_cfg["root"] = cfg.data.root
-        data_cfg["demo"] = cfg.data.get("demo")  # data=demo: generated on first use, as train.py does
-    data_cfg["predict_csv"] = cfg.data.csv
-    if cfg.data.image_dir is not None:
-        data_cfg["image_dir"] = cfg.data.image_dir
-    data_cfg["batch_size"] = cfg.batch_size
-    if not tta:
-        data_cfg["cache_views"] = 1  # the original view only: a quarter of the extraction work
-    if cfg.get("cache") is not None:
-        data_cfg["cache"] = cfg.cache
-    return data_cfg
+def data_metadata(model: MultiLabelClassifier) -> DataMetadata:
+    """What the checkpoint says about its training data (label ids, vocabulary, preprocessing)."""
+    return DataMetadata.from_dict(model.hparams["preprocessing"])
+
+
+def prediction_data(cfg: DictConfig, metadata: DataMetadata, tta: bool) -> CaptionImageDataModule:
+    """The rows to predict, prepared as the checkpoint's training data was (its metadata), from the files this
+    command names (data=..., data.root, data.csv, data.image_dir; by default the training data's folder)."""
+    demo = cfg.data.get("demo") if cfg.data.root is not None else None  # data=demo: generated on first use
+    return CaptionImageDataModule(
+        root=cfg.data.root if cfg.data.root is not None else metadata.root,
+        label_ids=metadata.label_ids,
+        predict_csv=cfg.data.csv,
+        image_dir=cfg.data.image_dir if cfg.data.image_dir is not None else metadata.image_dir,
+        batch_size=cfg.batch_size,
+        max_len=metadata.max_len,
+        image_size=metadata.image_size,
+        num_workers=cfg.num_workers,
+        cache=cfg.cache if cfg.get("cache") is not None else True,
+        cache_dir=str(Path(cfg.paths.cache_dir) / "features"),
+        cache_views=metadata.cache_views if tta else 1,  # without tta the original view only
+        demo=OmegaConf.to_container(demo) if demo is not None else None,
+        vocab=Vocabulary(list(metadata.vocabulary)),
+    )
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -83,14 +93,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     )
     log.info("predicting with %s", ckpt)
     tta = model.hparams.get("tta", False) if cfg.get("tta") is None else bool(cfg.tta)
-    data_cfg = _data_config(cfg, model.hparams["preprocessing"], tta)
-    datamodule: CaptionImageDataModule = hydra.utils.instantiate(
-        data_cfg, vocab=Vocabulary(model.hparams["vocab_tokens"])
-    )
+    datamodule = prediction_data(cfg, data_metadata(model), tta)
     datamodule.prepare_data()
     datamodule.setup("predict")
-    datamodule.attach_image_encoder(model.net.image_encoder)
-    datamodule.attach_sentence_encoder(model.net.sentence_encoder)
+    prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder)
     loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
     probs = probabilities(model, loaders, accelerator=device)
     preds = decide_labels(probs, model.threshold).bool().numpy()

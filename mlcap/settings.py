@@ -123,6 +123,7 @@ class TrainerSchema:
 class PredictSchema:
     ckpt_path: str = knob()
     batch_size: int = knob(ge=1)
+    num_workers: int = knob(ge=0)
     accelerator: str = knob(choices=("auto", "cpu", "gpu", "cuda"))
     tta: bool | None = knob()
     cache: bool | None = knob()

@@ -25,6 +25,7 @@ from mlcap.checkpoints import check_checkpoint, check_resumable, load_checkpoint
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.word_vectors import train_word_vectors
+from mlcap.extraction import prepare_inputs
 from mlcap.inference import probabilities
 from mlcap.metrics import classification_table, decide_labels, samples_f1
 from mlcap.models.fusion import inference_size_bytes
@@ -204,7 +205,7 @@ def check_encoders(cfg: DictConfig) -> None:
 
 
 def build_datamodule(cfg: DictConfig) -> CaptionImageDataModule:
-    """Read and split the CSVs (frozen-feature caches fill once the model's encoders are attached)."""
+    """Read, check, split and tokenise the CSVs (the model's frozen parts run later: mlcap.extraction)."""
     datamodule: CaptionImageDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -232,12 +233,13 @@ def build_model(cfg: DictConfig, datamodule: CaptionImageDataModule) -> MultiLab
         lr=cfg.lr,
         threshold=cfg.threshold,
         tta=cfg.tta,
-        preprocessing=OmegaConf.to_container(cfg.data, resolve=True),
+        preprocessing=datamodule.metadata().to_dict(),
         embedding_init=vectors,
         pos_weight=positive_weights(datamodule) if cfg.model.loss == "weighted_bce" else None,
     )
-    datamodule.attach_image_encoder(model.net.image_encoder)
-    datamodule.attach_sentence_encoder(model.net.sentence_encoder)
+    prepare_inputs(
+        datamodule, model.net.image_encoder, model.net.sentence_encoder
+    )  # the model's frozen parts, once per row, through the cache
     log.info(
         "model size as stored for inference: %.1f MB (the limit is %.0f MB; Lightning's summary below assumes "
         "4 bytes for every parameter, half-precision frozen weights included)",

@@ -14,6 +14,7 @@ from conftest import CONF, REPO, fast_overrides
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from mlcap.extraction import prepare_inputs
 from mlcap.inference import probabilities
 from mlcap.metrics import decide_labels, samples_f1
 from mlcap.models.lit_module import MultiLabelClassifier
@@ -70,7 +71,7 @@ def single_process_f1(overrides: list[str], run: Path) -> float:
         cfg.paths.output_dir = str(run)
     datamodule = build_datamodule(cfg)
     model = MultiLabelClassifier.load_from_checkpoint(run / "checkpoints/best.ckpt", load_pretrained=False)
-    datamodule.attach_image_encoder(model.net.image_encoder)
+    prepare_inputs(datamodule, model.net.image_encoder)
     probs = probabilities(model, datamodule.val_dataloader(), "cpu")
     target = datamodule.labels("val").int()
     return float(samples_f1(decide_labels(probs, model.threshold).int(), target))

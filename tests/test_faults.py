@@ -22,6 +22,7 @@ from mlcap.data.comp5329 import DataFormatError, read_captions_csv
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.feature_cache import ExtractionSpec, FeatureCache
 from mlcap.data.text import Vocabulary
+from mlcap.extraction import prepare_inputs
 from mlcap.models.image_encoders import ImageEncoder
 
 LABEL_IDS = list(range(1, 20))
@@ -144,9 +145,8 @@ def test_extraction_names_the_image_and_csv_line_in_one_line(data: Path) -> None
     dm.setup("fit")
     victim = dm.tables["train"].iloc[3]
     truncate(Path(victim["path"]))
-    dm.attach_image_encoder(ImageEncoder("small_cnn", embed_dim=4, pretrained=False))
     with pytest.raises(DataFormatError) as exc:
-        dm.dataset("train", train=True)
+        prepare_inputs(dm, ImageEncoder("small_cnn", embed_dim=4, pretrained=False))
     message = str(exc.value)
     assert "\n" not in message and "Traceback" not in message, message
     assert str(victim["path"]) in message
@@ -400,10 +400,16 @@ def test_a_cache_file_made_for_another_spec_is_not_trusted(tmp_path: Path) -> No
     paths = [tmp_path / f"{i}.jpg" for i in range(4)]
     for p in paths:
         p.write_bytes(b"x")
-    small = ExtractionSpec(encoder="enc", weights="w", image_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, views=1)
-    large = ExtractionSpec(encoder="enc", weights="w", image_size=(48, 48), mean=(0.5,) * 3, std=(0.5,) * 3, views=1)
+    small = ExtractionSpec(
+        encoder="enc", weights="w", image_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, views=1
+    )
+    large = ExtractionSpec(
+        encoder="enc", weights="w", image_size=(48, 48), mean=(0.5,) * 3, std=(0.5,) * 3, views=1
+    )
     cache.load_or_create(large, paths, lambda: np.ones((4, 1, 3), dtype=np.float32))
     for suffix in (".npy", ".json"):
-        shutil.copyfile(cache.path(large, paths).with_suffix(suffix), cache.path(small, paths).with_suffix(suffix))
+        shutil.copyfile(
+            cache.path(large, paths).with_suffix(suffix), cache.path(small, paths).with_suffix(suffix)
+        )
     fresh = cache.load_or_create(small, paths, lambda: np.zeros((4, 1, 3), dtype=np.float32))
     assert not fresh.any()  # recomputed for its own spec, not the 48 px features

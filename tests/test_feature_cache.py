@@ -16,6 +16,7 @@ from PIL import Image
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.datasets import CaptionRows, image_transform
 from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
+from mlcap.extraction import prepare_inputs
 from mlcap.models.image_encoders import ImageEncoder, SmallCNN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +214,7 @@ def test_train_rows_subset_keeps_validation_and_reuses_the_whole_csv_cache(
             train_rows=train_rows,
         )
         dm.setup("fit")
-        dm.attach_image_encoder(ImageEncoder("small_cnn", embed_dim=4, pretrained=False))
+        prepare_inputs(dm, ImageEncoder("small_cnn", embed_dim=4, pretrained=False))
         return dm
 
     torch.manual_seed(0)
@@ -234,3 +235,42 @@ def test_train_rows_subset_keeps_validation_and_reuses_the_whole_csv_cache(
     )
     with pytest.raises(ValueError, match="data.train_rows=10000"):
         module(10_000)
+
+
+def test_batches_are_gathered_whole_and_survive_a_distributed_sampler(
+    tiny_demo: Path, tmp_path: Path
+) -> None:
+    """A batch is one tensor index per field (rows as asked, padding past the longest caption cut), and the
+    loader keeps its batch size when Lightning swaps in a DistributedSampler (DDP)."""
+    from pytorch_lightning.utilities.data import _update_dataloader
+    from torch.utils.data import DistributedSampler
+
+    rows = 12
+    features = torch.arange(rows * 2 * 3, dtype=torch.float16).reshape(rows, 2, 3)
+    tokens = torch.zeros(rows, 6, dtype=torch.long)
+    lengths = torch.tensor([1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 4])
+    for row, length in enumerate(lengths):
+        tokens[row, :length] = row + 2
+    labels = torch.eye(rows)[:, :5]
+    dataset = CaptionRows(tokens, lengths, labels, features=features, view=1)
+    batch = dataset.__getitems__([5, 0, 11])
+    assert torch.equal(batch.features, features[[5, 0, 11], 1])
+    assert torch.equal(batch.labels, labels[[5, 0, 11]]) and torch.equal(batch.lengths, lengths[[5, 0, 11]])
+    assert batch.tokens.shape == (3, 4) and torch.equal(batch.tokens, tokens[[5, 0, 11], :4])
+    assert dataset.__getitems__([0, 3]).tokens.shape == (2, 1)
+
+    dm = CaptionImageDataModule(
+        root=str(tiny_demo),
+        label_ids=list(range(1, 20)),
+        batch_size=32,
+        num_workers=0,
+        cache_dir=str(tmp_path),
+    )
+    dm.setup("fit")
+    dm.set_features("train", torch.zeros(240, 1, 8, dtype=torch.float16))
+    loader = dm.train_dataloader()  # 192 training rows
+    assert [len(b) for b in loader] == [32] * 6
+    shard = _update_dataloader(
+        loader, DistributedSampler(loader.dataset, num_replicas=2, rank=0, shuffle=True)
+    )
+    assert [len(b) for b in shard] == [32] * 3

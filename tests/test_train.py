@@ -186,7 +186,7 @@ def test_each_ablation_switch_changes_the_network(tiny_datamodule: Callable[...,
     assert weighted.loss_fn.pos_weight is not None and float(weighted.loss_fn.pos_weight.max()) > 1.0
     _, cnn = tiny_datamodule("model/image_encoder=small_cnn")
     assert cnn.net.image_encoder.name == "small_cnn" and not cnn.net.image_encoder.freeze
-    _, tta = tiny_datamodule("tta=true")
+    _, tta = tiny_datamodule("tta=true", "data.cache_views=4")
     assert tta.hparams["tta"] is True
 
 
@@ -217,7 +217,7 @@ def test_word_vector_switches_change_the_initial_embedding(tiny_datamodule: Call
     [
         ["model.attention=false", "model.pooling=mean", "model.rnn=lstm"],
         ["model.caption=false"],
-        ["model.aux_heads=true", "tta=true"],
+        ["model.aux_heads=true", "tta=true", "data.cache_views=4"],
         ["model.loss=weighted_bce", "threshold_calibration=global"],
         ["model.sentence_encoder=minilm", "model.aux_heads=true"],
         ["model.sentence_encoder=minilm", "model.caption=false", "data.cache=false"],

@@ -12,16 +12,14 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from platformdirs import user_cache_dir
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
 from mlcap.data.comp5329 import DataFormatError, check_images, check_labels, read_captions_csv
-from mlcap.data.datasets import CaptionRows, image_hw, image_transform, whole_batch
+from mlcap.data.datasets import CaptionRows, ImagePreprocessing, image_hw, image_transform, whole_batch
 from mlcap.data.demo import ensure_demo
-from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
+from mlcap.data.feature_cache import FeatureCache
 from mlcap.data.metadata import DataMetadata
 from mlcap.data.text import Vocabulary, preprocess_caption
-from mlcap.models.image_encoders import ImageEncoder
-from mlcap.models.sentence_encoder import SentenceEncoder
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +48,9 @@ def split_indices(rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray
 class CaptionImageDataModule(pl.LightningDataModule):
     """Reads, validates, splits and tokenises the data; serves images or cached frozen-backbone features.
 
-    Call `attach_image_encoder` before the dataloaders are built: a frozen encoder makes the module serve
-    cached features (computed once per image and view by `FeatureCache`), a trainable one raw images.
+    It knows nothing of models: `mlcap.extraction.prepare_inputs` gives it the model's image preprocessing and
+    the cached outputs of the model's frozen parts (`set_features`, `set_sentences`), which it then serves
+    in place of decoded images; without them it decodes images for a backbone that trains.
     """
 
     def __init__(
@@ -97,8 +96,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.vocab_min_freq = vocab_min_freq
         self.demo = dict(demo) if demo else None
         self.vocab = vocab
-        self.encoder: ImageEncoder | None = None
-        self.sentence_encoder: SentenceEncoder | None = None
+        self.image_preprocessing: ImagePreprocessing | None = None
         self.tables: dict[str, pd.DataFrame] = {}
         self._features: dict[str, torch.Tensor] = {}
         self._sentences: dict[str, torch.Tensor] = {}
@@ -218,107 +216,50 @@ class CaptionImageDataModule(pl.LightningDataModule):
         """Preprocessed train-split captions, for training word vectors on train data only."""
         return list(self.tables["train"]["tokens"])
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """`data.image_size`, or (null) the attached image encoder's own input size."""
-        if self._image_size is not None:
-            return self._image_size
-        if self.encoder is None:
-            raise ValueError(
-                "data.image_size=null takes the image encoder's input size: attach the encoder first"
-            )
-        return self.encoder.input_size
+    # ------------------------------------------------- inputs the model decides
+    def image_size_for(self, encoder_size: tuple[int, int]) -> tuple[int, int]:
+        """`data.image_size`, or (null) the image encoder's own input size."""
+        return self._image_size if self._image_size is not None else encoder_size
 
-    @property
-    def interpolation(self) -> str:
-        return self.encoder.interpolation if self.encoder is not None else "bilinear"
+    def set_image_preprocessing(self, preprocessing: ImagePreprocessing) -> None:
+        """How images become the image encoder's input (given by mlcap.extraction from the model)."""
+        self.image_preprocessing = preprocessing
 
-    # ---------------------------------------------------------------- features
-    def attach_image_encoder(self, encoder: ImageEncoder) -> None:
-        self.encoder = encoder
+    def sources(self) -> list[str]:
+        """The CSVs read so far: "train" (its train, validation and unused rows) and/or "predict"."""
+        return [name for name in ("train", "predict") if name in self.tables]
 
-    def attach_sentence_encoder(self, encoder: SentenceEncoder | None) -> None:
-        """A sentence encoder whose frozen part runs once per caption (cached); its output is served with the row."""
-        self.sentence_encoder = encoder
+    def splits(self) -> list[str]:
+        return [name for name in ("train", "val", "predict") if name in self.tables]
 
-    def _sentence_embeddings(self, split: str) -> torch.Tensor:
-        if split not in self._sentences:
-            assert self.sentence_encoder is not None
-            encoder = self.sentence_encoder
-            captions = list(self.tables[split]["caption"])
-            if self.use_cache:
-                array = self.cache.load_or_create_texts(
-                    encoder.cache_fingerprint(), captions, lambda: encoder.cached_input(captions).numpy()
-                )[:, 0]
-                self._sentences[split] = torch.from_numpy(np.asarray(array))
-            else:
-                self._sentences[split] = encoder.cached_input(captions)
-        return self._sentences[split]
+    def _source_tables(self, source: str) -> list[tuple[str, pd.DataFrame]]:
+        # Train, then validation, then rows left out by `train_rows`: one array covers the whole CSV.
+        names = ["predict"] if source == "predict" else ["train", "val", "unused"]
+        return [(name, self.tables[name]) for name in names if name in self.tables]
+
+    def images(self, source: str) -> tuple[list[Path], list[str]]:
+        """Image paths of every row of a CSV, with where each row comes from ("train.csv, line 17")."""
+        tables = [table for _, table in self._source_tables(source)]
+        return [p for t in tables for p in t["path"]], [w for t in tables for w in t["source"]]
+
+    def captions(self, split: str) -> list[str]:
+        return list(self.tables[split]["caption"])
+
+    def set_features(self, source: str, features: torch.Tensor) -> None:
+        """Frozen-backbone outputs [rows, views, ...] of every row of a CSV, in `images(source)` order; from
+        now on the splits of that CSV serve them instead of decoding images."""
+        offset = 0
+        for name, table in self._source_tables(source):
+            self._features[name] = features[offset : offset + len(table)]
+            offset += len(table)
+
+    def set_sentences(self, split: str, states: torch.Tensor) -> None:
+        """A frozen sentence encoder's output for each caption of a split, served with the row."""
+        self._sentences[split] = states
 
     @property
     def serves_features(self) -> bool:
-        return self.use_cache and self.encoder is not None and self.encoder.freeze
-
-    def _all_features(self, split: str) -> torch.Tensor:
-        """Features of a split, sliced from the cache of its whole CSV so train and val share one file."""
-        if split in self._features:
-            return self._features[split]
-        assert self.encoder is not None
-        source = "predict" if split == "predict" else "train"
-        # Train and val first (sliced off below), then rows left out by `train_rows`, so the key is the whole CSV's.
-        names = ["predict"] if source == "predict" else ["train", "val", "unused"]
-        tables = [self.tables[name] for name in names if name in self.tables]
-        paths = [p for t in tables for p in t["path"]]
-        sources = [where for t in tables for where in t["source"]]
-        spec = ExtractionSpec(
-            encoder=self.encoder.name.replace("/", "_"),  # the key is a file name (hf-hub:org/model)
-            # The tensors themselves, not where they came from: a checkpoint's backbone (built without
-            # pretrained weights, then loaded) must hit the features cached while training it.
-            weights=self.encoder.cache_fingerprint(),
-            image_size=self.image_size,
-            mean=tuple(self.encoder.mean),
-            std=tuple(self.encoder.std),
-            views=self.cache_views,
-            # Only a non-default resize joins the key, so the built-in encoders keep their cached features.
-            decode="pil-draft" if self.interpolation == "bilinear" else f"pil-draft+{self.interpolation}",
-            output="map" if self.encoder.spatial else "pooled",
-        )
-        # Sorted so the key does not depend on the split.
-        order = sorted(range(len(paths)), key=lambda i: str(paths[i]))
-        sorted_paths = [paths[i] for i in order]
-        device = next(self.encoder.backbone.parameters()).device
-        transform = image_transform(
-            self.image_size,
-            self.encoder.mean,
-            self.encoder.std,
-            train=False,
-            interpolation=self.interpolation,
-        )
-        array = self.cache.load_or_create(
-            spec,
-            sorted_paths,
-            lambda: extract_features(
-                self.encoder,
-                sorted_paths,
-                transform,
-                views=self.cache_views,
-                batch_size=self.extract_batch_size,
-                num_workers=self.num_workers,
-                device=device,
-                draft_size=self.image_size,
-                forward=self.encoder.cached_forward,
-                sources=[sources[i] for i in order],
-            ),
-        )
-        features = torch.empty((len(paths), *array.shape[1:]), dtype=torch.float16)
-        features[torch.tensor(order)] = torch.from_numpy(np.asarray(array))
-        if source == "predict":
-            self._features["predict"] = features
-        else:
-            n_train, n_val = len(self.tables["train"]), len(self.tables["val"])
-            self._features["train"] = features[:n_train]
-            self._features["val"] = features[n_train : n_train + n_val]
-        return self._features[split]
+        return bool(self._features)
 
     # ------------------------------------------------------------- dataloaders
     def labels(self, split: str) -> torch.Tensor:
@@ -333,34 +274,44 @@ class CaptionImageDataModule(pl.LightningDataModule):
         assert self.vocab is not None
         tokens, lengths = self.vocab.encode_batch(list(table["tokens"]), self.max_len)
         labels = self.labels(split) if "labels" in table else None
-        sentences = self._sentence_embeddings(split) if self.sentence_encoder is not None else None
-        if self.serves_features:
-            features = self._all_features(split)
+        sentences = self._sentences.get(split)
+        if split in self._features:
             return CaptionRows(
-                tokens, lengths, labels, features=features, random_view=train, view=view, sentences=sentences
+                tokens,
+                lengths,
+                labels,
+                features=self._features[split],
+                random_view=train,
+                view=view,
+                sentences=sentences,
             )
-        mean, std = (self.encoder.mean, self.encoder.std) if self.encoder else ((0.5,) * 3, (0.5,) * 3)
-        transform = image_transform(self.image_size, mean, std, train=train, interpolation=self.interpolation)
+        if self.image_preprocessing is None:
+            raise ValueError(
+                "no image preprocessing: run mlcap.extraction.prepare_inputs(datamodule, net) first"
+            )
+        pre = self.image_preprocessing
+        transform = image_transform(pre.size, pre.mean, pre.std, train=train, interpolation=pre.interpolation)
         return CaptionRows(
             tokens,
             lengths,
             labels,
             image_paths=list(table["path"]),
             transform=transform,
-            draft_size=self.image_size,
+            draft_size=pre.size,
             sentences=sentences,
         )
 
     def _loader(self, split: str, train: bool, view: int = 0) -> DataLoader:
-        """Batches fetched whole (see CaptionRows); an incomplete last training batch is dropped when there
-        is more than one batch (batch norm cannot train on a batch of one row)."""
+        """Batches fetched whole (torch's DataLoader calls `CaptionRows.__getitems__` with a batch's indices);
+        an incomplete last training batch is dropped when there is more than one batch (batch norm cannot
+        train on a batch of one row)."""
         dataset = self.dataset(split, train, view)
         workers = 0 if self.serves_features else self.num_workers
-        order = RandomSampler(dataset) if train else SequentialSampler(dataset)
-        drop_last = train and len(dataset) > self.batch_size
         return DataLoader(
             dataset,
-            batch_sampler=BatchSampler(order, self.batch_size, drop_last=drop_last),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
             collate_fn=whole_batch,
             num_workers=workers,
             persistent_workers=workers > 0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +22,16 @@ def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"data.image_size must be an int or [height, width], got {image_size!r}")
     return size  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """What the image encoder wants its inputs to look like: the model decides it, the data applies it."""
+
+    size: tuple[int, int]  # (height, width)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
 
 
 def image_transform(
