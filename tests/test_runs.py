@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, REPO, fast_overrides
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf, open_dict
+from conftest import REPO, compose_config, fast_overrides
+from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
@@ -114,7 +113,7 @@ def test_plain_sweep_names_folders_after_settings_and_reruns_never_relabel(tiny_
 def test_single_run_rerun_with_another_setting_is_refused(tiny_demo: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     quick = _quick(tiny_demo, tmp_path)
-    assert _train_cli(*quick, f"hydra.run.dir={run}").returncode == 0
+    assert _train_cli(*quick, "lr=3e-4", f"hydra.run.dir={run}").returncode == 0
     done = _mtimes(run, "**/*")
     changed = _train_cli(*quick, "lr=0.03", f"hydra.run.dir={run}")
     assert changed.returncode == 1
@@ -210,11 +209,6 @@ def test_a_folder_in_use_is_refused(tmp_path: Path) -> None:
     mine.release()
 
 
-def _compose_train(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -245,7 +239,7 @@ def _compose_train(*overrides: str) -> DictConfig:
 )
 def test_bad_settings_name_the_key_the_value_and_what_is_allowed(overrides: list[str], message: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        validate(_compose_train(*overrides))
+        validate(compose_config("train", *overrides))
     assert message in str(caught.value)
 
 
@@ -289,18 +283,10 @@ def test_a_damaged_last_checkpoint_is_named_before_an_automatic_resume(
         train(cfg)
     best = run / "checkpoints" / "best.ckpt"
     best.write_bytes(b"")
-    predict_cfg = _compose_predict(f"ckpt_path={best}", f"output={tmp_path / 'sub.csv'}")
+    predict_cfg = compose_config("predict", f"ckpt_path={best}", f"output={tmp_path / 'sub.csv'}", output_dir=tmp_path)
     with pytest.raises(CheckpointError, match=r"best\.ckpt is empty"):
         predict(predict_cfg)
     assert not (tmp_path / "sub.csv").exists()
-
-
-def _compose_predict(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("predict", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = "unused"
-    return cfg
 
 
 def test_a_run_that_trained_no_step_reports_no_results(compose_train: Callable[..., DictConfig]) -> None:
