@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
 from mlcap.data.datamodule import CaptionImageDataModule
@@ -18,7 +19,6 @@ from mlcap.data.datasets import CaptionRows, image_transform
 from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
 from mlcap.models.image_encoders import ImageEncoder, SmallCNN
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = ExtractionSpec("small_cnn", "test-weights", (32, 32), (0.5,) * 3, (0.5,) * 3, views=4)
 
 
