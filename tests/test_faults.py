@@ -399,10 +399,16 @@ def test_a_cache_file_made_for_another_spec_is_not_trusted(tmp_path: Path) -> No
     paths = [tmp_path / f"{i}.jpg" for i in range(4)]
     for p in paths:
         p.write_bytes(b"x")
-    small = ExtractionSpec(encoder="enc", weights="w", image_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, views=1)
-    large = ExtractionSpec(encoder="enc", weights="w", image_size=(48, 48), mean=(0.5,) * 3, std=(0.5,) * 3, views=1)
+    small = ExtractionSpec(
+        encoder="enc", weights="w", image_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, views=1
+    )
+    large = ExtractionSpec(
+        encoder="enc", weights="w", image_size=(48, 48), mean=(0.5,) * 3, std=(0.5,) * 3, views=1
+    )
     cache.load_or_create(large, paths, lambda: np.ones((4, 1, 3), dtype=np.float32))
     for suffix in (".npy", ".json"):
-        shutil.copyfile(cache.path(large, paths).with_suffix(suffix), cache.path(small, paths).with_suffix(suffix))
+        shutil.copyfile(
+            cache.path(large, paths).with_suffix(suffix), cache.path(small, paths).with_suffix(suffix)
+        )
     fresh = cache.load_or_create(small, paths, lambda: np.zeros((4, 1, 3), dtype=np.float32))
     assert not fresh.any()  # recomputed for its own spec, not the 48 px features

@@ -221,7 +221,9 @@ def test_cli_and_callback(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_metrics_with_nan_are_refused_not_averaged(sweep: Path) -> None:
     (sweep / "model.attention=true,seed=1" / "metrics.json").write_text('{"val_samples_f1": NaN}')
-    with pytest.raises(ValueError, match=r"seed=1/metrics.json: cannot read it as strict JSON \(NaN is not JSON"):
+    with pytest.raises(
+        ValueError, match=r"seed=1/metrics.json: cannot read it as strict JSON \(NaN is not JSON"
+    ):
         write(sweep)
 
 
@@ -239,7 +241,9 @@ def test_the_papers_figures_stand_beside_ours(sweep: Path) -> None:
     table = PAPER_TABLE2["table2"]
     report = write(sweep, paper=PAPER_TABLE2).read_text()
     section = report.split(f"### {table['title']}")[1].split("##")[0]
-    rows = {line.split("|")[1].strip(): line.split("|") for line in section.splitlines() if line.startswith("| ")}
+    rows = {
+        line.split("|")[1].strip(): line.split("|") for line in section.splitlines() if line.startswith("| ")
+    }
     ours = {True: (3, "0.6000 ± 0.1000", 0.6), False: (1, "0.4000", 0.4)}  # the sweep fixture's F1 over seeds
     for paper in table["rows"]:
         (attention,) = paper["setting"].values()
@@ -247,13 +251,21 @@ def test_the_papers_figures_stand_beside_ours(sweep: Path) -> None:
         cells = rows[f"{paper['name']} (`model.attention={str(attention).lower()}`)"]
         # n | paper | ours (mean ± std over seeds) | ours - paper
         paper_f1 = paper["val_samples_f1"]
-        assert [c.strip() for c in cells[2:6]] == [str(n), f"{paper_f1:.4g}", shown, f"{mean - paper_f1:+.4f}"]
+        assert [c.strip() for c in cells[2:6]] == [
+            str(n),
+            f"{paper_f1:.4g}",
+            shown,
+            f"{mean - paper_f1:+.4f}",
+        ]
     assert "the study's own reported figures" in report
 
 
 def test_the_paper_comes_from_the_sweeps_own_config(sweep: Path) -> None:
     """`python -m mlcap.report <dir>` finds the paper's tables in the multirun.yaml the sweeper saved."""
-    OmegaConf.save(OmegaConf.create({"hydra": {"callbacks": {"report": {"paper": PAPER_TABLE2}}}}), sweep / "multirun.yaml")
+    OmegaConf.save(
+        OmegaConf.create({"hydra": {"callbacks": {"report": {"paper": PAPER_TABLE2}}}}),
+        sweep / "multirun.yaml",
+    )
     assert f"### {PAPER_TABLE2['table2']['title']}" in write(sweep).read_text()
     (sweep / "multirun.yaml").unlink()
     assert PAPER_TABLE2["table2"]["title"] not in write(sweep).read_text()

@@ -88,7 +88,8 @@ def test_table_configs_expand_to_the_study_tables() -> None:
     for key, values in axes.items():  # the grid is centred on the config defaults, i.e. the best model
         assert OmegaConf.select(table4, key) in values, key
     jobs = expand_sweep(cli("sweep=table4"), points_of(table4))
-    assert len(jobs) == 1 + sum(len(values) - 1 for values in axes.values())  # the base once, then one key each
+    # The base once, then each key's other values.
+    assert len(jobs) == 1 + sum(len(values) - 1 for values in axes.values())
     assert jobs[0] == SweepJob("base", ["sweep=table4"])
     # A table of points: one job per point, in the file's order, setting exactly that point.
     table1 = sweep_config("table1")

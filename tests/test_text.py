@@ -19,7 +19,6 @@ from mlcap.data import text
 from mlcap.data.text import PAD_TOKEN, UNK_TOKEN, Vocabulary, preprocess_caption
 from mlcap.data.word_vectors import WORD_VECTOR_KINDS, train_word_vectors
 
-
 # --- preprocessing ---------------------------------------------------------------------------------------
 
 
@@ -74,7 +73,8 @@ def test_preprocess_looks_each_word_up_once(monkeypatch: pytest.MonkeyPatch) -> 
             preprocess_caption(caption)
     finally:
         text._lemma.cache_clear()  # no lemma looked up through the stand-in stays cached for later tests
-    assert sorted(looked_up) == sorted({"man", "riding", "horses", "beach", "surfboards", *map(str, range(50))})
+    words = {"man", "riding", "horses", "beach", "surfboards", *map(str, range(50))}
+    assert sorted(looked_up) == sorted(words)
 
 
 def test_preprocess_real_sample_captions(real_sample: Path) -> None:

@@ -69,9 +69,12 @@ def _as_test_files(rows: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
     """Labelled rows written as a test CSV (ImageID,Caption) and its labels file (ImageID,Labels)."""
     folder.mkdir(parents=True, exist_ok=True)
     captions, labels = folder / "rows.csv", folder / "rows_labels.csv"
-    captions.write_text("ImageID,Caption\n" + "".join(f'{r.image_id},"{r.caption}"\n' for r in rows.itertuples()))
+    captions.write_text(
+        "ImageID,Caption\n" + "".join(f'{r.image_id},"{r.caption}"\n' for r in rows.itertuples())
+    )
     labels.write_text(
-        "ImageID,Labels\n" + "".join(f"{r.image_id},{' '.join(map(str, r.labels))}\n" for r in rows.itertuples())
+        "ImageID,Labels\n"
+        + "".join(f"{r.image_id},{' '.join(map(str, r.labels))}\n" for r in rows.itertuples())
     )
     return captions, labels
 
@@ -129,7 +132,9 @@ def test_predict_round_trip_from_checkpoint_alone(
         assert ids and set(ids) <= label_ids, labels
     rows, labels_csv = _as_test_files(_validation_rows(tiny_demo), tmp_path / "val")
     overrides = [f"ckpt_path={metrics['checkpoint']}", f"data.csv={rows}", f"labels_csv={labels_csv}"]
-    val = predict(compose_config("predict", *overrides, f"output={tmp_path / 'val.csv'}", output_dir=tmp_path))
+    val = predict(
+        compose_config("predict", *overrides, f"output={tmp_path / 'val.csv'}", output_dir=tmp_path)
+    )
     # metrics.json's F1 is sklearn's (float64), predict's a float32 tensor: equal to 1e-6.
     assert val["samples_f1"] == pytest.approx(metrics["val_samples_f1"], abs=1e-6)
 
@@ -143,16 +148,22 @@ def test_predict_takes_the_data_group_like_train(
     shutil.copytree(tiny_demo, elsewhere)
     test_csv = elsewhere / "test.csv"  # 10 rows here, 40 under the root the checkpoint was trained on
     test_csv.write_text("".join(test_csv.read_text().splitlines(keepends=True)[:11]))
-    result = _predict_scored(metrics["checkpoint"], elsewhere, tmp_path, "data=comp5329", f"data.root={elsewhere}")
+    result = _predict_scored(
+        metrics["checkpoint"], elsewhere, tmp_path, "data=comp5329", f"data.root={elsewhere}"
+    )
     assert result["rows"] == 10
 
 
-def test_predict_data_demo_generates_the_demo_like_train(trained_run: tuple[Path, dict], tmp_path: Path) -> None:
+def test_predict_data_demo_generates_the_demo_like_train(
+    trained_run: tuple[Path, dict], tmp_path: Path
+) -> None:
     _, metrics = trained_run
     cache = tmp_path / "fresh-cache"
     demo = [f"data.demo.{k}={v}" for k, v in TINY_DEMO.items()]
     overrides = [f"ckpt_path={metrics['checkpoint']}", "data=demo", f"paths.cache_dir={cache}", *demo]
-    result = predict(compose_config("predict", *overrides, f"output={tmp_path / 'sub.csv'}", output_dir=tmp_path / "p"))
+    result = predict(
+        compose_config("predict", *overrides, f"output={tmp_path / 'sub.csv'}", output_dir=tmp_path / "p")
+    )
     assert result["rows"] == TINY_DEMO["n_test"] and (cache / "demo-data" / "test.csv").is_file()
 
 
@@ -383,10 +394,11 @@ def test_predict_with_test_time_flips(
 ) -> None:
     """tta=true averages the 4 flip views: its decisions are not those of the original view alone."""
     _, metrics = trained_run
-    submissions = [
-        pd.read_csv(_predict_scored(metrics["checkpoint"], tiny_demo, tmp_path / tta, f"tta={tta}")["submission"])
+    results = [
+        _predict_scored(metrics["checkpoint"], tiny_demo, tmp_path / tta, f"tta={tta}")
         for tta in ("false", "true")
     ]
+    submissions = [pd.read_csv(result["submission"]) for result in results]
     assert (submissions[0]["Labels"] != submissions[1]["Labels"]).any()  # 8 of the 40 rows when written
 
 
@@ -421,7 +433,8 @@ def test_partial_fine_tuning_on_cached_maps_trains_and_predicts(tiny_demo: Path,
     trained = {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
     assert set(trained) == set(pretrained)
     changed = {key for key, value in pretrained.items() if not torch.equal(trained[key], value)}
-    assert "conv_head.weight" in changed and {key.split(".")[0] for key in changed} <= {"conv_head", "bn2"}, changed
+    assert "conv_head.weight" in changed, changed
+    assert {key.split(".")[0] for key in changed} <= {"conv_head", "bn2"}, changed
     maps = list((tmp_path / "cache" / "features").glob("*.npy"))
     assert len(maps) == 1
     # [images, views, channels, height, width]: the input of Lite0's conv_head at 32x48 is 320 x 1 x 2.
