@@ -12,6 +12,7 @@ import pytest
 import timm
 import timm.data
 import torch
+from conftest import REPO
 from omegaconf import DictConfig
 
 from mlcap.models.image_encoders import ImageEncoder
@@ -19,9 +20,16 @@ from mlcap.models.sentence_encoder import SentenceEncoder, sentence_source
 from mlcap.settings import SettingsError, validate
 from mlcap.train import train
 
-REPO = Path(__file__).resolve().parents[1]
 # Two families: a ResNet (stem + layers) and a ConvNeXt (stem + stages, LayerNorm in its head).
 ARCHITECTURES = ("resnet10t", "convnext_atto")
+
+
+def changed_by_training(checkpoint: str, prefix: str, before: dict[str, torch.Tensor]) -> set[str]:
+    """The tensors of `before` that training changed, read from the checkpoint (which holds them all)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    after = {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+    assert set(after) == set(before)
+    return {key for key, value in before.items() if not torch.equal(after[key], value)}
 
 
 def saved_timm_weights(name: str, folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -82,7 +90,7 @@ def test_a_vit_is_refused_for_trainable_blocks_but_works_frozen() -> None:
 def test_a_timm_model_trains_on_cached_features(
     name: str, blocks: int, compose_train: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
-    path, _ = saved_timm_weights(name, tmp_path)
+    path, saved = saved_timm_weights(name, tmp_path)
     cfg = compose_train(
         "model/image_encoder=timm",
         f"model.image_encoder.name={name}",
@@ -93,7 +101,12 @@ def test_a_timm_model_trains_on_cached_features(
         "trainer.max_epochs=1",
     )
     metrics = train(cfg)
-    assert 0.0 <= metrics["val_samples_f1"] <= 1.0 and Path(metrics["checkpoint"]).is_file()
+    # Trained from the weights file: with 1 block, timm's last stage moved; every other tensor is the file's.
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    last_stage = model.feature_info[-1]["module"]
+    changed = changed_by_training(metrics["checkpoint"], "net.image_encoder.backbone.", saved)
+    assert all(key.startswith(f"{last_stage}.") for key in changed), changed  # weights and norm statistics
+    assert bool(changed & {key for key, _ in model.named_parameters()}) == (blocks > 0), changed
     cached = list((tmp_path / "cache" / "features").glob(f"{name}-*.npy"))
     assert len(cached) == 1  # extracted once, with timm's bicubic resize in its key
     assert metrics["model_size_mb"] * 1e6 > sum(
@@ -174,6 +187,7 @@ def test_sentence_encoder_from_a_local_directory_fine_tunes_and_trains(
 ) -> None:
     folder = tiny_sentence_model(tmp_path)
     encoder = SentenceEncoder(str(folder), trainable_layers=1, max_tokens=16)
+    untrained = {key: value.clone() for key, value in encoder.state_dict().items()}
     assert encoder.dim == 32 and len(encoder.top_layers) == 1
     states = encoder.cached_input(["a cat on a mat", "two dogs"])
     assert states.shape == (2, 16, 32) and encoder.encode(states).shape == (2, 32)
@@ -184,7 +198,10 @@ def test_sentence_encoder_from_a_local_directory_fine_tunes_and_trains(
         "trainer.max_epochs=1",
     )  # fmt: skip
     metrics = train(cfg)
-    assert 0.0 <= metrics["val_samples_f1"] <= 1.0
+    # The top layer fine-tuned from the directory's weights; the frozen rest is stored as the directory has it.
+    changed = changed_by_training(metrics["checkpoint"], "net.sentence_encoder.", untrained)
+    top = {key for key, p in encoder.named_parameters() if p.requires_grad}
+    assert changed and changed <= top, changed
     assert len(list((tmp_path / "cache" / "features").glob("text-tiny_st-*.npy"))) == 2  # train+val, val
 
 

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import CONF, SAMPLE, TINY_DEMO
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+import yaml
+from conftest import TINY_DEMO, compose_config
+from omegaconf import open_dict
 
 from mlcap.data.comp5329 import read_captions_csv
 from mlcap.eda import caption_lengths, label_counts, labels_per_image, main, run_eda
-
-
-def eda_config(out_dir: Path, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("eda", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-    return cfg
 
 
 def test_tables() -> None:
@@ -37,7 +29,8 @@ def test_tables() -> None:
 
 def test_eda_on_demo_data(tiny_demo: Path, tmp_path: Path) -> None:
     demo = [f"data.demo.{key}={value}" for key, value in TINY_DEMO.items()]
-    cfg = eda_config(tmp_path / "out", f"data.root={tiny_demo}", *demo, f"paths.cache_dir={tmp_path}")
+    overrides = [f"data.root={tiny_demo}", *demo, f"paths.cache_dir={tmp_path}"]
+    cfg = compose_config("eda", *overrides, output_dir=tmp_path / "out")
     report = run_eda(cfg).read_text()
     assert f"{TINY_DEMO['n_train']} labelled images, {TINY_DEMO['n_test']} unlabelled test images" in report
     assert "## Labels per image" in report and "## Caption length after preprocessing" in report
@@ -55,7 +48,7 @@ def test_eda_on_demo_data(tiny_demo: Path, tmp_path: Path) -> None:
 
 
 def test_missing_data_is_explained(tmp_path: Path) -> None:
-    cfg = eda_config(tmp_path, "data=comp5329", f"data.root={tmp_path / 'nowhere'}")
+    cfg = compose_config("eda", "data=comp5329", f"data.root={tmp_path / 'nowhere'}", output_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="set data.root to the folder holding train.csv"):
         run_eda(cfg)
     with open_dict(cfg):
@@ -70,18 +63,16 @@ def test_command_line_entry_composes_its_config(
     """`python -m mlcap.eda` finds conf/eda.yaml (run in-process with --cfg: prints the config, runs nothing)."""
     monkeypatch.setattr(sys, "argv", ["mlcap.eda", "--cfg", "job", "data=comp5329", "data.root=/x"])
     main()
-    out = capsys.readouterr().out
-    assert "root: /x" in out and "task_name: eda" in out
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["task_name"] == "eda" and printed["data"]["root"] == "/x"
 
 
-@pytest.mark.real_data
-def test_eda_on_the_real_sample(tmp_path: Path) -> None:
-    if not (SAMPLE / "train.csv").is_file():
-        pytest.skip(f"{SAMPLE} is absent")
-    report = run_eda(eda_config(tmp_path, "data=comp5329", f"data.root={SAMPLE}")).read_text()
+def test_eda_on_the_real_sample(real_sample: Path, tmp_path: Path) -> None:
+    cfg = compose_config("eda", "data=comp5329", f"data.root={real_sample}", output_dir=tmp_path)
+    report = run_eda(cfg).read_text()
     assert "Never seen in the training data: 12." in report
     counts = pd.read_csv(tmp_path / "label_counts.csv", index_col="label")
     assert counts.loc[12, "images"] == 0 and counts["never_seen"].sum() == 1
     per_image = pd.read_csv(tmp_path / "labels_per_image.csv", index_col=0)
-    rows = len(read_captions_csv(SAMPLE / "train.csv"))
+    rows = len(read_captions_csv(real_sample / "train.csv"))
     assert per_image["images"].sum() == rows and f"{rows} labelled images" in report

@@ -351,7 +351,6 @@ def test_damaged_checkpoint_is_named_with_what_to_do(good_checkpoint: Path, tmp_
     path = damaged_copy(good_checkpoint, tmp_path, how)
     with pytest.raises(CheckpointError) as exc:
         load_checkpoint(path)
-    assert isinstance(exc.value, ValueError)
     assert str(path) in str(exc.value) and "ckpt_path=" in str(exc.value)
     with pytest.raises(CheckpointError) as exc:
         check_resumable(path, automatic=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
 from mlcap.data.datamodule import CaptionImageDataModule
@@ -19,7 +20,6 @@ from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_featu
 from mlcap.extraction import prepare_inputs
 from mlcap.models.image_encoders import ImageEncoder, SmallCNN
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = ExtractionSpec("small_cnn", "test-weights", (32, 32), (0.5,) * 3, (0.5,) * 3, views=4)
 
 

@@ -53,9 +53,15 @@ def test_samples_f1_metric_accumulates_batches(n: int, c: int, seed: int, batch:
     assert metric.compute().item() == pytest.approx(_sklearn_samples_f1(preds[:2], target[:2]), abs=1e-6)
 
 
-def test_samples_f1_metric_flags() -> None:
-    assert SamplesF1.higher_is_better is True
-    assert SamplesF1.full_state_update is False
+def test_samples_f1_metric_states_of_processes_combine_to_the_f1_of_all_rows() -> None:
+    """Under DDP each process updates on its own rows and compute() combines their states by their reductions:
+    the result is the F1 over all rows, not a mean of the processes' F1s (here: unequal shards, merged)."""
+    preds, target = _random_pair(50, 18, 9)
+    ranks = [SamplesF1(), SamplesF1()]
+    ranks[0].update(preds[:37], target[:37])
+    ranks[1].update(preds[37:], target[37:])
+    ranks[0].merge_state(ranks[1])
+    assert ranks[0].compute().item() == pytest.approx(_sklearn_samples_f1(preds, target), abs=1e-6)
 
 
 def test_samples_f1_rejects_probabilities_and_shape_mismatch() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import CONF
 from omegaconf import OmegaConf
 
 from mlcap.report import ReportCallback, load_jobs, main, one_at_a_time_tables, settings_table, varied_keys
@@ -220,7 +221,9 @@ def test_cli_and_callback(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_metrics_with_nan_are_refused_not_averaged(sweep: Path) -> None:
     (sweep / "model.attention=true,seed=1" / "metrics.json").write_text('{"val_samples_f1": NaN}')
-    with pytest.raises(ValueError, match=r"seed=1/metrics.json: cannot read it as strict JSON \(NaN is not JSON"):
+    with pytest.raises(
+        ValueError, match=r"seed=1/metrics.json: cannot read it as strict JSON \(NaN is not JSON"
+    ):
         write(sweep)
 
 
@@ -230,34 +233,39 @@ def test_broken_metrics_file_is_named(sweep: Path) -> None:
         load_jobs(sweep)
 
 
-PAPER_TABLE2 = {
-    "table2": {
-        "title": "Table 2: attention",
-        "rows": [
-            {"name": "without attention", "setting": {"model.attention": False}, "train_loss": 0.137472,
-             "val_loss": 0.1302, "val_samples_f1": 0.7402},
-            {"name": "with attention", "setting": {"model.attention": True}, "train_loss": 0.063095,
-             "val_loss": 0.0777, "val_samples_f1": 0.8564},
-        ],
-    }
-}
+# The study's Table 2 as the sweeps carry it (conf/paper/table2.yaml).
+PAPER_TABLE2 = {"table2": OmegaConf.to_container(OmegaConf.load(CONF / "paper" / "table2.yaml"))}
 
 
 def test_the_papers_figures_stand_beside_ours(sweep: Path) -> None:
+    table = PAPER_TABLE2["table2"]
     report = write(sweep, paper=PAPER_TABLE2).read_text()
-    section = report.split("### Table 2: attention")[1].split("##")[0]
-    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| with")}
-    with_row = rows["with attention (`model.attention=true`)"].split("|")
-    # paper 0.8564 | ours 0.6000 ± 0.1000 over 3 seeds | difference -0.2564
-    assert [c.strip() for c in with_row[2:6]] == ["3", "0.8564", "0.6000 ± 0.1000", "-0.2564"]
-    without = rows["without attention (`model.attention=false`)"].split("|")
-    assert [c.strip() for c in without[2:6]] == ["1", "0.7402", "0.4000", "-0.3402"]
+    section = report.split(f"### {table['title']}")[1].split("##")[0]
+    rows = {
+        line.split("|")[1].strip(): line.split("|") for line in section.splitlines() if line.startswith("| ")
+    }
+    ours = {True: (3, "0.6000 ± 0.1000", 0.6), False: (1, "0.4000", 0.4)}  # the sweep fixture's F1 over seeds
+    for paper in table["rows"]:
+        (attention,) = paper["setting"].values()
+        n, shown, mean = ours[attention]
+        cells = rows[f"{paper['name']} (`model.attention={str(attention).lower()}`)"]
+        # n | paper | ours (mean ± std over seeds) | ours - paper
+        paper_f1 = paper["val_samples_f1"]
+        assert [c.strip() for c in cells[2:6]] == [
+            str(n),
+            f"{paper_f1:.4g}",
+            shown,
+            f"{mean - paper_f1:+.4f}",
+        ]
     assert "the study's own reported figures" in report
 
 
 def test_the_paper_comes_from_the_sweeps_own_config(sweep: Path) -> None:
     """`python -m mlcap.report <dir>` finds the paper's tables in the multirun.yaml the sweeper saved."""
-    OmegaConf.save(OmegaConf.create({"hydra": {"callbacks": {"report": {"paper": PAPER_TABLE2}}}}), sweep / "multirun.yaml")
-    assert "### Table 2: attention" in write(sweep).read_text()
+    OmegaConf.save(
+        OmegaConf.create({"hydra": {"callbacks": {"report": {"paper": PAPER_TABLE2}}}}),
+        sweep / "multirun.yaml",
+    )
+    assert f"### {PAPER_TABLE2['table2']['title']}" in write(sweep).read_text()
     (sweep / "multirun.yaml").unlink()
-    assert "### Table 2" not in write(sweep).read_text()
+    assert PAPER_TABLE2["table2"]["title"] not in write(sweep).read_text()

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, REPO, fast_overrides
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf, open_dict
+from conftest import REPO, compose_config, fast_overrides
+from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
@@ -44,7 +43,11 @@ def _train_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]
 
 
 def _quick(tiny_demo: Path, tmp_path: Path) -> list[str]:
-    return [*fast_overrides(tiny_demo, tmp_path / "cache"), "trainer.max_epochs=1", "model/image_encoder=small_cnn"]
+    return [
+        *fast_overrides(tiny_demo, tmp_path / "cache"),
+        "trainer.max_epochs=1",
+        "model/image_encoder=small_cnn",
+    ]
 
 
 def _recorded(folder: Path, key: str) -> tuple[object, object]:
@@ -67,12 +70,16 @@ def _hparams_logged(run: Path) -> tuple[list[tuple[str, bool]], dict[str, object
     start = metadata.parse_session_start_info_plugin_data(
         events.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
     )
-    values = {k: v.number_value if v.HasField("number_value") else v.string_value for k, v in start.hparams.items()}
+    values = {
+        k: v.number_value if v.HasField("number_value") else v.string_value for k, v in start.hparams.items()
+    }
     metric = events.Scalars("hp/best_val_samples_f1")[-1].value
     return [(h.name, h.differs) for h in experiment.hparam_infos], values, metric
 
 
-def test_plain_sweep_names_folders_after_settings_and_reruns_never_relabel(tiny_demo: Path, tmp_path: Path) -> None:
+def test_plain_sweep_names_folders_after_settings_and_reruns_never_relabel(
+    tiny_demo: Path, tmp_path: Path
+) -> None:
     sweep = tmp_path / "sweep"
     quick = _quick(tiny_demo, tmp_path)
     first = _train_cli("-m", "lr=3e-4,3e-3", *quick, f"hydra.sweep.dir={sweep}")
@@ -114,7 +121,7 @@ def test_plain_sweep_names_folders_after_settings_and_reruns_never_relabel(tiny_
 def test_single_run_rerun_with_another_setting_is_refused(tiny_demo: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     quick = _quick(tiny_demo, tmp_path)
-    assert _train_cli(*quick, f"hydra.run.dir={run}").returncode == 0
+    assert _train_cli(*quick, "lr=3e-4", f"hydra.run.dir={run}").returncode == 0
     done = _mtimes(run, "**/*")
     changed = _train_cli(*quick, "lr=0.03", f"hydra.run.dir={run}")
     assert changed.returncode == 1
@@ -126,7 +133,9 @@ def test_single_run_rerun_with_another_setting_is_refused(tiny_demo: Path, tmp_p
     same = _train_cli(*typed_otherwise, "lr=0.0003", f"hydra.run.dir={run}")  # the same config
     assert same.returncode == 0 and "finished (val samples-F1" in same.stdout
     log = run / "train.log"  # the skip is logged; everything else, .hydra/ included, is as the run left it
-    assert {p: t for p, t in _mtimes(run, "**/*").items() if p != log} == {p: t for p, t in done.items() if p != log}
+    assert {p: t for p, t in _mtimes(run, "**/*").items() if p != log} == {
+        p: t for p, t in done.items() if p != log
+    }
     assert "finished (val samples-F1" in log.read_text()
 
 
@@ -139,7 +148,9 @@ def test_interrupted_run_resumes_only_with_its_own_config(compose_train: Callabl
         train(compose_train("trainer.max_epochs=2", "lr=0.03"))
     assert not (run / "metrics.json").exists()
     # Keys that only say where files go or how fast they are made may differ.
-    resumed = train(compose_train("trainer.max_epochs=2", "data.num_workers=1", "trainer.enable_model_summary=true"))
+    resumed = train(
+        compose_train("trainer.max_epochs=2", "data.num_workers=1", "trainer.enable_model_summary=true")
+    )
     assert resumed["epochs"] == 2
 
 
@@ -185,7 +196,10 @@ def test_two_runs_started_together_get_folders_of_their_own(tiny_demo: Path, tmp
 def test_a_key_added_later_with_a_null_default_keeps_old_folders_usable() -> None:
     assert differences({"lr": 3e-4}, {"lr": 3e-4, "model.image_encoder.weights": None}) == []
     assert differences({"lr": 3e-4}, {"lr": 3e-4, "model.x": 2}) == [("model.x", "<absent>", 2)]
-    assert differences({"a": True}, {"a": 1}) == [("a", True, 1)] and differences({"a": 3e-4}, {"a": 0.0003}) == []
+    assert (
+        differences({"a": True}, {"a": 1}) == [("a", True, 1)]
+        and differences({"a": 3e-4}, {"a": 0.0003}) == []
+    )
     assert differences({"data.label_ids": [1, 2]}, {}) == [("data.label_ids", [1, 2], "<absent>")]
 
 
@@ -193,9 +207,15 @@ def test_a_folder_in_use_is_refused(tmp_path: Path) -> None:
     """Another live process holding the folder (its lock) keeps this one out; the same process may re-enter."""
     folder = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from pathlib import Path; from mlcap.runs import lock_folder; "
-         f"lock_folder(Path({str(folder)!r})); print('held', flush=True); input()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"from pathlib import Path; from mlcap.runs import lock_folder; "
+            f"lock_folder(Path({str(folder)!r})); print('held', flush=True); input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -210,11 +230,6 @@ def test_a_folder_in_use_is_refused(tmp_path: Path) -> None:
     mine.release()
 
 
-def _compose_train(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -226,26 +241,38 @@ def _compose_train(*overrides: str) -> DictConfig:
         (["threshold=-0.5"], "threshold=-0.5 is not allowed"),
         (["data.cache_views=0"], "data.cache_views=0 is not allowed: it must be >= 1 and <= 4"),
         (["data.val_fraction=1"], "data.val_fraction=1.0 is not allowed"),
-        (["threshold_calibration=bogus"], "threshold_calibration='bogus' is not allowed: it must be one of none, global, per_class"),
+        (
+            ["threshold_calibration=bogus"],
+            "threshold_calibration='bogus' is not allowed: it must be one of none, global, per_class",
+        ),
         (["model.rnn=transformer"], "model.rnn='transformer' is not allowed: it must be one of gru, lstm"),
-        (["model/image_encoder=small_cnn", "model.image_encoder.name=effnet"], "model.image_encoder.name='effnet'"),
+        (
+            ["model/image_encoder=small_cnn", "model.image_encoder.name=effnet"],
+            "model.image_encoder.name='effnet'",
+        ),
         (["tta=true", "data.cache_views=1"], "tta=true averages the cached flip views"),
         (["tta=true", "model/image_encoder=small_cnn"], "model.image_encoder.freeze=true"),
         (["model.sentence_trainable_layers=2"], "model.sentence_encoder=null"),
         (["data=comp5329"], "data.root is required"),
-        (["data=comp5329", "data.root=/no/such/folder"], "data.root='/no/such/folder' is not allowed: there is no such folder"),
+        (
+            ["data=comp5329", "data.root=/no/such/folder"],
+            "data.root='/no/such/folder' is not allowed: there is no such folder",
+        ),
         (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' is not allowed: there is no such file"),
         (["model.attention=1"], "model.attention=1 is not allowed: it must be true or false"),
         (["lr=inf"], "lr=inf is not allowed: it must be a finite number"),
         (["+model.foo=1"], "model.foo is not a setting of model"),
         (["tta=true", "data.cache=false"], "(got data.cache=false, model.image_encoder.freeze=true"),
-        (["data.image_size=-5"], "data.image_size=-5 is not allowed: it must be null, a positive integer or [height, width]"),
+        (
+            ["data.image_size=-5"],
+            "data.image_size=-5 is not allowed: it must be null, a positive integer or [height, width]",
+        ),
         (["data.image_size=[224,320,3]"], "data.image_size=[224, 320, 3] is not allowed"),
     ],
 )
 def test_bad_settings_name_the_key_the_value_and_what_is_allowed(overrides: list[str], message: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        validate(_compose_train(*overrides))
+        validate(compose_config("train", *overrides))
     assert message in str(caught.value)
 
 
@@ -289,18 +316,12 @@ def test_a_damaged_last_checkpoint_is_named_before_an_automatic_resume(
         train(cfg)
     best = run / "checkpoints" / "best.ckpt"
     best.write_bytes(b"")
-    predict_cfg = _compose_predict(f"ckpt_path={best}", f"output={tmp_path / 'sub.csv'}")
+    predict_cfg = compose_config(
+        "predict", f"ckpt_path={best}", f"output={tmp_path / 'sub.csv'}", output_dir=tmp_path
+    )
     with pytest.raises(CheckpointError, match=r"best\.ckpt is empty"):
         predict(predict_cfg)
     assert not (tmp_path / "sub.csv").exists()
-
-
-def _compose_predict(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("predict", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = "unused"
-    return cfg
 
 
 def test_a_run_that_trained_no_step_reports_no_results(compose_train: Callable[..., DictConfig]) -> None:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import CONF, REPO, fast_overrides
-from hydra import compose, initialize_config_dir
+from conftest import CONF, REPO, compose_config, fast_overrides
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.mlcap_sweeper import MlcapSweeper
+from mlcap.report import ReportCallback
 from mlcap.runs import resolved_task_config
 from mlcap.settings import validate
 from mlcap.sweep import (
@@ -28,131 +30,107 @@ from mlcap.sweep import (
     sweep_points,
 )
 
-TABLE4_AXES = {
-    "lr": [3.0e-4, 3.0e-3, 3.0e-2],
-    "model.hidden_dim": [32, 64, 128],
-    "model.word_dim": [50, 100, 150],
-    "model.embed_dim": [128, 256, 512],
-    "data.batch_size": [32, 64, 128],
-}
-BEST = {
-    "lr": 3.0e-4,
-    "model.hidden_dim": 128,
-    "model.word_dim": 150,
-    "model.embed_dim": 256,
-    "data.batch_size": 64,
-}
+# The expansion tests' own one-at-a-time grid (not a sweep file's): each key varied alone around BASE.
+AXES = {"lr": [1e-3, 1e-2, 1e-1], "model.hidden_dim": [8, 16, 32], "data.batch_size": [16, 32]}
+BASE = {"lr": 1e-2, "model.hidden_dim": 16, "data.batch_size": 32}
+SWEEPS = sorted(path.stem for path in (CONF / "sweep").glob("*.yaml"))
 
 
 def cli(*overrides: str) -> list[tuple[str, list[str]]]:
     return command_line_lists(OverridesParser.create().parse_overrides(list(overrides)))
 
 
+def sweep_config(sweep: str) -> DictConfig:
+    """conf/train.yaml with sweep=<sweep>, its hydra node (sweeper, sweep.dir, report callback) included."""
+    return compose_config("train", f"sweep={sweep}", return_hydra_config=True)
+
+
+def points_of(config: DictConfig) -> list[dict[str, Any]]:
+    """A sweep config's points, its axes varied around the composed config's values (as the sweeper does)."""
+    sweeper = config.hydra.sweeper
+    axes = OmegaConf.to_container(sweeper.axes) if sweeper.get("axes") else None
+    points = OmegaConf.to_container(sweeper.points) if sweeper.get("points") else None
+    return sweep_points(points, axes, {key: OmegaConf.select(config, key) for key in axes or {}})
+
+
 def test_one_at_a_time_runs_each_distinct_point_once() -> None:
-    points = one_at_a_time(TABLE4_AXES, BEST)
-    assert len(points) == 11
-    assert points[0] == {}  # the best model, once, not once per axis
-    assert {"lr": 3.0e-3} in points and {"lr": 3.0e-4} not in points
-    assert {"model.hidden_dim": 32} in points and {"model.hidden_dim": 128} not in points
-    # A base value given with another spelling (0.0003) or type (64.0) is still the base.
-    assert len(one_at_a_time({"lr": [0.0003, 3e-3], "data.batch_size": [64.0, 32]}, BEST)) == 3
+    points = one_at_a_time(AXES, BASE)
+    assert len(points) == 6  # the base, then 2 + 2 + 1 values that differ from it
+    assert points[0] == {}  # the base model, once, not once per axis
+    assert {"lr": 1e-3} in points and {"lr": 1e-2} not in points
+    assert {"model.hidden_dim": 8} in points and {"model.hidden_dim": 16} not in points
+    # A base value given with another spelling (0.01) or type (32.0) is still the base.
+    assert len(one_at_a_time({"lr": [0.01, 1e-1], "data.batch_size": [32.0, 16]}, BASE)) == 3
     # True is not 1, and a key missing from the base config is never the base.
     assert one_at_a_time({"flag": [True]}, {"flag": 1}) == [{}, {"flag": True}]
     assert one_at_a_time({"new": [1, 1]}, {}) == [{}, {"new": 1}]
 
 
-@pytest.mark.parametrize("sweep", sorted(path.stem for path in (CONF / "sweep").glob("*.yaml")))
+@pytest.mark.parametrize("sweep", SWEEPS)
 def test_every_sweep_point_composes_to_a_valid_training_config(sweep: str) -> None:
     """A typo in a point's key or value must fail here, not hours into a sweep."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        config = compose("train", overrides=[f"sweep={sweep}"], return_hydra_config=True)
-        sweeper = config.hydra.sweeper
-        points = sweep_points(
-            OmegaConf.to_container(sweeper.points) if sweeper.get("points") else None,
-            OmegaConf.to_container(sweeper.axes) if sweeper.get("axes") else None,
-            {},
-        )
-        for job in expand_sweep(cli(f"sweep={sweep}"), points):
-            cfg = compose("train", overrides=[*job.overrides, "data=comp5329", f"data.root={REPO}"])
-            validate(cfg)  # every value is one its key allows
-            for override in job.overrides[1:]:
-                key, value = override.split("=", 1)
-                assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", (sweep, override)
+    config = sweep_config(sweep)
+    # mlcap's sweeper (named by its import path: Hydra loads plugins as modules of their own), not Hydra's
+    assert config.hydra.sweeper._target_ == f"{MlcapSweeper.__module__}.{MlcapSweeper.__qualname__}"
+    assert get_class(config.hydra.callbacks.report._target_) is ReportCallback  # report.md when it ends
+    assert config.hydra.sweep.dir == f"multirun/{sweep}"  # each sweep its own folder, named after it
+    for job in expand_sweep(cli(f"sweep={sweep}"), points_of(config)):
+        cfg = compose_config("train", *job.overrides, "data=comp5329", f"data.root={REPO}")
+        validate(cfg)  # every value is one its key allows
+        for override in job.overrides[1:]:
+            key, value = override.split("=", 1)
+            assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", (sweep, override)
 
 
 def test_table_configs_expand_to_the_study_tables() -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        table4 = compose("train", overrides=["sweep=table4"], return_hydra_config=True)
-        table1 = compose("train", overrides=["sweep=table1"], return_hydra_config=True)
-    assert table4.hydra.sweeper._target_ == "hydra_plugins.mlcap_sweeper.MlcapSweeper"
+    table4 = sweep_config("table4")
     axes = OmegaConf.to_container(table4.hydra.sweeper.axes)
-    base = {key: OmegaConf.select(table4, key) for key in axes}
-    assert base == BEST  # the grid is centred on the config defaults, i.e. the best model
-    assert len(expand_sweep(cli("sweep=table4"), sweep_points(None, axes, base))) == 11
-    jobs = expand_sweep(
-        cli("sweep=table1"), sweep_points(OmegaConf.to_container(table1.hydra.sweeper.points), None)
-    )
-    assert [job.name for job in jobs] == [
-        "model.caption=false",
-        "model.word_vectors=fasttext_sg",
-        "model.word_vectors=word2vec_sg",
-        "model.word_vectors=word2vec_cbow",
+    for key, values in axes.items():  # the grid is centred on the config defaults, i.e. the best model
+        assert OmegaConf.select(table4, key) in values, key
+    jobs = expand_sweep(cli("sweep=table4"), points_of(table4))
+    # The base once, then each key's other values.
+    assert len(jobs) == 1 + sum(len(values) - 1 for values in axes.values())
+    assert jobs[0] == SweepJob("base", ["sweep=table4"])
+    # A table of points: one job per point, in the file's order, setting exactly that point.
+    table1 = sweep_config("table1")
+    points = OmegaConf.to_container(table1.hydra.sweeper.points)
+    jobs = expand_sweep(cli("sweep=table1"), points_of(table1))
+    assert [job.overrides[1:] for job in jobs] == [
+        [f"{key}={format_value(key, value)}" for key, value in point.items()] for point in points
     ]
-    assert table1.hydra.sweep.dir == "multirun/table1"
-    assert table1.hydra.callbacks.report._target_ == "mlcap.report.ReportCallback"
 
 
 def test_study_sweep_runs_every_distinct_setting_of_the_four_tables_once() -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        study = compose("train", overrides=["sweep=study"], return_hydra_config=True)
-        tables = [
-            compose("train", overrides=[f"sweep=table{n}"], return_hydra_config=True) for n in (1, 2, 3, 4)
-        ]
-    axes = OmegaConf.to_container(study.hydra.sweeper.axes)
-    base = {key: OmegaConf.select(study, key) for key in axes}
-    jobs = expand_sweep(cli("sweep=study", "seed=0,1,2"), sweep_points(None, axes, base))
-    settings = sorted({re.sub(r"(^|,)seed=\d$", "", job.name) or "base" for job in jobs})
-    assert len(settings) == 16 and len(jobs) == 48 and "base" in settings
-    assert {
-        "model.caption=false",
-        "model.word_vectors=word2vec_cbow",
-        "model.attention=false",
-        "model.batch_norm=false",
-        "lr=0.03",
-        "data.batch_size=128",
-    } <= set(settings)
-    # Every table's own jobs are among the study's (the base model stands for the tables' "with" rows).
-    for table in tables:
-        sweeper = table.hydra.sweeper
-        points = sweep_points(
-            OmegaConf.to_container(sweeper.points) if sweeper.get("points") else None,
-            OmegaConf.to_container(sweeper.axes) if sweeper.get("axes") else None,
-            {key: OmegaConf.select(table, key) for key in (sweeper.get("axes") or {})},
-        )
-        for point in points:
-            differs = {k: v for k, v in point.items() if OmegaConf.select(study, k) != v}
-            assert not differs or any(p == differs for p in sweep_points(None, axes, base)), point
-    # The paper's figures of all four tables travel with the study (and each with its own table sweep).
+    study = sweep_config("study")
+    tables = {f"table{n}": sweep_config(f"table{n}") for n in (1, 2, 3, 4)}
+    study_points = points_of(study)
+    jobs = expand_sweep(cli("sweep=study", "seed=0,1,2"), study_points)
+    assert len(jobs) == 3 * len(study_points) and len({job.name for job in jobs}) == len(jobs)
+    # The tables' settings, each as it differs from the study's base (the tables' "with" rows are the base).
+    table_points = [
+        {key: value for key, value in point.items() if OmegaConf.select(study, key) != value}
+        for table in tables.values()
+        for point in points_of(table)
+    ]
+    assert all(point in study_points for point in table_points)  # every setting of every table ...
+    assert all(point in table_points for point in study_points)  # ... and nothing else,
+    assert all(study_points.count(point) == 1 for point in study_points)  # each once
+    # The paper's figures of all four tables travel with the study, as each travels with its own table sweep.
     paper = study.hydra.callbacks.report.paper
-    assert list(paper) == ["table1", "table2", "table3", "table4"]
-    assert paper.table2.rows[0] == {
-        "name": "without attention",
-        "setting": {"model.attention": False},
-        "train_loss": 0.137472,
-        "val_loss": 0.1302,
-        "val_samples_f1": 0.7402,
-    }
-    assert list(tables[3].hydra.callbacks.report.paper) == ["table4"]
+    assert list(paper) == list(tables)
+    for name, table in tables.items():
+        assert list(table.hydra.callbacks.report.paper) == [name]
+        assert paper[name] == table.hydra.callbacks.report.paper[name]
 
 
 def test_seeds_and_command_line_lists_multiply_every_point() -> None:
-    points = sweep_points(None, TABLE4_AXES, BEST)
-    jobs = expand_sweep(cli("sweep=table4", "seed=0,1,2", "trainer.max_epochs=1"), points)
-    assert len(jobs) == 33
-    assert len({job.name for job in jobs}) == 33
-    assert jobs[0] == SweepJob("seed=0", ["sweep=table4", "seed=0", "trainer.max_epochs=1"])
-    assert jobs[4].name == "lr=0.003,seed=1"
-    assert jobs[4].overrides == ["sweep=table4", "seed=1", "trainer.max_epochs=1", "lr=0.003"]
+    points = sweep_points(None, AXES, BASE)
+    jobs = expand_sweep(cli("sweep=grid", "seed=0,1,2", "trainer.max_epochs=1"), points)
+    assert len(jobs) == 18  # 6 points x 3 seeds
+    assert len({job.name for job in jobs}) == 18
+    assert jobs[0] == SweepJob("seed=0", ["sweep=grid", "seed=0", "trainer.max_epochs=1"])
+    assert jobs[4].name == "lr=0.001,seed=1"
+    assert jobs[4].overrides == ["sweep=grid", "seed=1", "trainer.max_epochs=1", "lr=0.001"]
 
     two = [{"model.attention": True}, {"model.attention": False}]
     jobs = expand_sweep(cli("seed=0,1", "trainer.max_epochs=1,2", "data=demo"), two)
@@ -162,17 +140,17 @@ def test_seeds_and_command_line_lists_multiply_every_point() -> None:
 
 
 def test_command_line_value_of_an_axis_key_sets_the_base() -> None:
-    base = {**BEST, "model.hidden_dim": 16}  # e.g. model.hidden_dim=16 on the command line
-    jobs = expand_sweep(cli("model.hidden_dim=16"), sweep_points(None, TABLE4_AXES, base))
-    assert len(jobs) == 12  # 32, 64 and 128 now all differ from the base
-    varied = next(job for job in jobs if job.name == "model.hidden_dim=32")
-    assert varied.overrides == ["model.hidden_dim=32"]  # the point replaces the command-line value
-    assert jobs[0].overrides == ["model.hidden_dim=16"]
+    base = {**BASE, "model.hidden_dim": 4}  # e.g. model.hidden_dim=4 on the command line
+    jobs = expand_sweep(cli("model.hidden_dim=4"), sweep_points(None, AXES, base))
+    assert len(jobs) == 7  # 8, 16 and 32 now all differ from the base
+    varied = next(job for job in jobs if job.name == "model.hidden_dim=8")
+    assert varied.overrides == ["model.hidden_dim=8"]  # the point replaces the command-line value
+    assert jobs[0].overrides == ["model.hidden_dim=4"]
 
 
 def test_command_line_list_over_a_varied_key_is_refused() -> None:
     with pytest.raises(ValueError, match="lr is swept on the command line"):
-        expand_sweep(cli("lr=0.1,0.2"), sweep_points(None, TABLE4_AXES, BEST))
+        expand_sweep(cli("lr=0.1,0.2"), sweep_points(None, AXES, BASE))
     with pytest.raises(ValueError, match="only comma lists"):
         command_line_lists(OverridesParser.create().parse_overrides(["lr=interval(0,1)"]))
 
@@ -227,8 +205,7 @@ def test_a_folder_is_only_reused_for_the_same_config(tmp_path: Path) -> None:
     )
 
     def compose_job(overrides: list[str]) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
+        return compose_config("train", *(o for o in overrides if not o.startswith("hydra.")))
 
     for job, recorded in ((same, ["lr=0.1", "seed=0"]), (other, ["lr=0.2", "trainer.max_epochs=1"])):
         folder = tmp_path / job.name
@@ -240,7 +217,8 @@ def test_a_folder_is_only_reused_for_the_same_config(tmp_path: Path) -> None:
     assert [(job.name, state) for job, state in planned] == [("a", "finished"), ("c", "empty")]
     with pytest.raises(ValueError, match=r"nothing was run: 1 of the 3 jobs") as caught:
         check_jobs(tmp_path, [same, other, fresh], compose_job)
-    assert "trainer.max_epochs (there 1, here 60)" in str(caught.value)
+    default_epochs = compose_job([]).trainer.max_epochs
+    assert f"trainer.max_epochs (there 1, here {default_epochs})" in str(caught.value)
     assert "hydra.sweep.dir=<new folder>" in str(caught.value)
     # One config, one folder: a job named otherwise (keys reordered, a one-value list, 0 vs 0.0) goes to the
     # folder that holds its config, and a second job of the same config in one sweep is dropped.
@@ -281,7 +259,9 @@ def test_sweep_runs_in_parallel_then_rerun_skips_finished_jobs(tiny_demo: Path, 
     assert max(run["started"] for run in runs) < min(run["finished"] for run in runs)  # they overlapped
     report = (sweep_dir / "report.md").read_text()
     assert "2 jobs: 2 finished" in report and "`model.attention`" in report
-    assert "### Table 2: attention" in report and "| 0.8564 " in report  # the paper's figures beside ours
+    paper = OmegaConf.load(CONF / "paper" / "table2.yaml")  # the paper's figures beside ours
+    assert f"### {paper.title}" in report
+    assert all(f"| {row.val_samples_f1:.4g} " in report for row in paper.rows)
     assert (sweep_dir / "settings.csv").is_file() and (
         sweep_dir / "val_samples_f1_by_model.attention.png"
     ).is_file()
