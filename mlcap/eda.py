@@ -154,12 +154,41 @@ def write_eda(
     stats = _length_stats(lengths, max_len)
     vocabulary = len({t for c in train["caption"] for t in preprocess_caption(c)})
 
+    _write_csvs(out_dir, per_image, per_label, lengths, stats)
+    _write_charts(out_dir, per_image, per_label, lengths, max_len, length_bins)
+    n_test = len(test) if test is not None else None
+    lines = _overview_lines(source, len(train), n_test, len(label_ids), vocabulary)
+    lines += _section_lines(per_image, per_label, stats, max_len)
+    report = out_dir / "eda.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def _write_csvs(
+    out_dir: Path,
+    per_image: pd.DataFrame,
+    per_label: pd.DataFrame,
+    lengths: dict[str, pd.Series],
+    stats: pd.DataFrame,
+) -> None:
+    """The tables behind eda.md as CSV, so they can be read back without parsing markdown."""
     per_image.to_csv(out_dir / "labels_per_image.csv")
     per_label.to_csv(out_dir / "label_counts.csv")
     pd.concat([s.rename(split) for split, s in lengths.items()], axis=1).to_csv(
         out_dir / "caption_lengths.csv", index_label="row"
     )
     stats.to_csv(out_dir / "caption_length_stats.csv")
+
+
+def _write_charts(
+    out_dir: Path,
+    per_image: pd.DataFrame,
+    per_label: pd.DataFrame,
+    lengths: dict[str, pd.Series],
+    max_len: int,
+    length_bins: int | None,
+) -> None:
+    """The three PNGs eda.md shows; never-seen labels in red, since a zero-height bar is invisible."""
     _bar(
         per_image["images"],
         out_dir / "labels_per_image.png",
@@ -168,7 +197,6 @@ def write_eda(
         "Number of labels per image (train)",
         [False] * len(per_image),
     )
-    never = per_label.index[per_label["never_seen"]].tolist()
     _bar(
         per_label["images"],
         out_dir / "label_counts.png",
@@ -179,13 +207,27 @@ def write_eda(
     )
     _histogram(lengths, out_dir / "caption_length.png", max_len, length_bins)
 
-    lines = [
+
+def _overview_lines(
+    source: str, n_train: int, n_test: int | None, n_labels: int, vocabulary: int
+) -> list[str]:
+    """eda.md's title and one-line summary: the data set's size before any detail."""
+    return [
         f"# Data set: `{source}`" if source else "# Data set",
         "",
-        f"{len(train)} labelled images"
-        + (f", {len(test)} unlabelled test images" if test is not None else "")
-        + f"; {len(label_ids)} label ids; training-caption vocabulary {vocabulary} words after preprocessing.",
+        f"{n_train} labelled images"
+        + (f", {n_test} unlabelled test images" if n_test is not None else "")
+        + f"; {n_labels} label ids; training-caption vocabulary {vocabulary} words after preprocessing.",
         "",
+    ]
+
+
+def _section_lines(
+    per_image: pd.DataFrame, per_label: pd.DataFrame, stats: pd.DataFrame, max_len: int
+) -> list[str]:
+    """eda.md's three sections, each a table and its chart, with what they mean for training."""
+    never = per_label.index[per_label["never_seen"]].tolist()
+    return [
         "## Labels per image",
         "",
         _text_table(per_image),
@@ -212,9 +254,6 @@ def write_eda(
         "![caption length](caption_length.png)",
         "",
     ]
-    report = out_dir / "eda.md"
-    report.write_text("\n".join(lines))
-    return report
 
 
 def _csv_path(root: Path, name: str) -> Path:

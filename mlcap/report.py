@@ -432,27 +432,52 @@ def write_report(sweep_dir: str | Path, layout: str = "auto", paper: Mapping[str
             "e.g. multirun/table1"
         )
     axes = _plan_axes(sweep_dir)
+    keys = _ordered_keys(jobs, axes)
+    frame, settings = _write_tables(sweep_dir, jobs, keys)
+    one_at_a_time = layout == "one-at-a-time" or (layout == "auto" and bool(axes))
+    paper_tables = _paper_tables(sweep_dir) if paper is None else [dict(t) for t in paper.values()]
+    common = _common_overrides(jobs)
+    lines = _report_header(sweep_dir, jobs, frame, keys, common)
+    lines += _results_sections(sweep_dir, jobs, settings, keys, paper_tables, one_at_a_time)
+    lines += _best_run_section(jobs, sweep_dir, common)
+    lines += _problem_section(jobs, common)
+    report = sweep_dir / "report.md"
+    write_atomic(report, "\n".join(lines).rstrip() + "\n")
+    return report
+
+
+def _ordered_keys(jobs: Sequence[JobRecord], axes: Sequence[str]) -> list[str]:
+    """The varied keys in the sweep's axis order first, so tables and plots follow the plan."""
     keys = varied_keys(jobs)
-    keys = [k for k in axes if k in keys] + [k for k in keys if k not in axes]  # the sweep's axis order
+    return [k for k in axes if k in keys] + [k for k in keys if k not in axes]
+
+
+def _write_tables(
+    sweep_dir: Path, jobs: Sequence[JobRecord], keys: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """jobs.csv and settings.csv, written for other tools and returned for the report's own tables."""
     frame = jobs_frame(jobs, keys)
     write_atomic(sweep_dir / "jobs.csv", frame.drop(columns=["setting"]).to_csv(index=False))
     settings = settings_table(jobs, keys)
     if not settings.empty:
         write_atomic(sweep_dir / "settings.csv", settings.to_csv(index=False))
-    finished = settings[settings["n"] > 0] if not settings.empty else settings
-    best_f1 = float(finished["val_samples_f1_mean"].max()) if not finished.empty else None
-    oat = layout == "one-at-a-time" or (layout == "auto" and bool(axes))
-    paper_tables = _paper_tables(sweep_dir) if paper is None else [dict(t) for t in paper.values()]
-    base = _base_values(settings, keys) if not settings.empty else {}
-    common_config = {k: v for k, v in jobs[0].config.items() if k not in keys} if jobs[0].config else {}
+    return frame, settings
 
+
+def _report_header(
+    sweep_dir: Path,
+    jobs: Sequence[JobRecord],
+    frame: pd.DataFrame,
+    keys: Sequence[str],
+    common: Sequence[str],
+) -> list[str]:
+    """Title, job counts per state, varied keys, seeds and common overrides: what the sweep was, at a glance."""
     counts = frame["status"].value_counts()
     status_text = ", ".join(
         f"{counts[s]} {s}" for s in (FINISHED, FAILED, UNFINISHED, NOT_STARTED) if s in counts
     )
     seeds = sorted({str(s) for s in frame["seed"].dropna()})
-    common = _common_overrides(jobs)
-    lines = [
+    return [
         f"# Sweep report: `{sweep_dir}`",
         "",
         f"{len(jobs)} jobs: {status_text}. Varied keys: {', '.join(f'`{k}`' for k in keys) or 'none'}; "
@@ -465,43 +490,77 @@ def write_report(sweep_dir: str | Path, layout: str = "auto", paper: Mapping[str
         f"{SIZE_LIMIT_MB:.0f} MB limit; run time is the mean wall time per job.",
         "",
     ]
-    plots: list[Path] = []
-    if paper_tables and not settings.empty:
-        lines += _paper_sections(paper_tables, settings, keys, {**common_config, **base})
+
+
+def _results_sections(
+    sweep_dir: Path,
+    jobs: Sequence[JobRecord],
+    settings: pd.DataFrame,
+    keys: Sequence[str],
+    paper_tables: Sequence[Mapping[str, Any]],
+    one_at_a_time: bool,
+) -> list[str]:
+    """The paper beside ours, then our results in the chosen layout and their plots (written alongside)."""
     if settings.empty:
-        lines += ["No job has a saved config yet.", ""]
-    elif oat and keys:
-        lines += [
-            "## Results, one key at a time",
-            "",
-            "Each table varies one key; the others keep the base point's values (✓ = base point: "
-            + ", ".join(f"`{k}={_value_text(v)}`" for k, v in base.items())
-            + ").",
-            "",
-        ]
-        for key, table in one_at_a_time_tables(settings, keys).items():
-            write_atomic(sweep_dir / f"settings_{_slug(key)}.csv", table.to_csv(index=False))
-            lines += [f"### `{key}`", "", _markdown(_display(table, [key], best_f1))]
-            marks = _paper_marks(paper_tables, [key])
-            plot = _plot_f1(table, key, [key], sweep_dir / f"val_samples_f1_by_{_slug(key)}.png", marks)
-            plots += [plot] if plot else []
+        return ["No job has a saved config yet.", ""]
+    finished = settings[settings["n"] > 0]
+    best_f1 = float(finished["val_samples_f1_mean"].max()) if not finished.empty else None
+    base = _base_values(settings, keys)
+    common_config = {k: v for k, v in jobs[0].config.items() if k not in keys} if jobs[0].config else {}
+    lines = _paper_sections(paper_tables, settings, keys, {**common_config, **base}) if paper_tables else []
+    if one_at_a_time and keys:
+        results, plots = _one_at_a_time_results(sweep_dir, settings, keys, base, best_f1, paper_tables)
     else:
-        lines += ["## Results", "", _markdown(_display(settings, keys, best_f1))]
         marks = _paper_marks(paper_tables, keys, {**common_config, **base})
-        if len(keys) == 1:
-            path = sweep_dir / f"val_samples_f1_by_{_slug(keys[0])}.png"
-            plot = _plot_f1(settings, keys[0], keys, path, marks)
-        else:
-            plot = _plot_f1(settings, None, keys, sweep_dir / "val_samples_f1_by_setting.png", marks)
-        plots += [plot] if plot else []
+        results, plots = _flat_results(sweep_dir, settings, keys, best_f1, marks)
+    lines += results
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    return lines
 
-    lines += _best_run_section(jobs, sweep_dir, common)
-    lines += _problem_section(jobs, common)
-    report = sweep_dir / "report.md"
-    write_atomic(report, "\n".join(lines).rstrip() + "\n")
-    return report
+
+def _one_at_a_time_results(
+    sweep_dir: Path,
+    settings: pd.DataFrame,
+    keys: Sequence[str],
+    base: Mapping[str, Any],
+    best_f1: float | None,
+    paper_tables: Sequence[Mapping[str, Any]],
+) -> tuple[list[str], list[Path]]:
+    """One table, CSV and plot per varied key, the others at the base point: a grid read one axis at a time."""
+    lines = [
+        "## Results, one key at a time",
+        "",
+        "Each table varies one key; the others keep the base point's values (✓ = base point: "
+        + ", ".join(f"`{k}={_value_text(v)}`" for k, v in base.items())
+        + ").",
+        "",
+    ]
+    plots: list[Path] = []
+    for key, table in one_at_a_time_tables(settings, keys).items():
+        write_atomic(sweep_dir / f"settings_{_slug(key)}.csv", table.to_csv(index=False))
+        lines += [f"### `{key}`", "", _markdown(_display(table, [key], best_f1))]
+        marks = _paper_marks(paper_tables, [key])
+        plot = _plot_f1(table, key, [key], sweep_dir / f"val_samples_f1_by_{_slug(key)}.png", marks)
+        plots += [plot] if plot else []
+    return lines, plots
+
+
+def _flat_results(
+    sweep_dir: Path,
+    settings: pd.DataFrame,
+    keys: Sequence[str],
+    best_f1: float | None,
+    marks: Sequence[tuple[dict[str, Any], float]],
+) -> tuple[list[str], list[Path]]:
+    """One table of every setting and one plot: by the key when one varies, else by whole setting."""
+    lines = ["## Results", "", _markdown(_display(settings, keys, best_f1))]
+    if len(keys) == 1:
+        path = sweep_dir / f"val_samples_f1_by_{_slug(keys[0])}.png"
+        plot = _plot_f1(settings, keys[0], keys, path, marks)
+    else:
+        plot = _plot_f1(settings, None, keys, sweep_dir / "val_samples_f1_by_setting.png", marks)
+    return lines, [plot] if plot else []
 
 
 # ---------------------------------------------------------------------------------------- the paper

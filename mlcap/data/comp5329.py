@@ -173,47 +173,40 @@ def read_captions_csv(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     lines = _read_lines(path)
+    has_labels = _has_labels_column(lines, path)
+    records = _parse_records(lines, path, has_labels)
+    df = _records_frame(records, has_labels)
+    _warn_empty_captions(df, path)
+    return df
+
+
+def _has_labels_column(lines: Sequence[str], path: Path) -> bool:
+    """Whether the header is the training layout; any other header is refused rather than guessed at."""
     header = lines[0] if lines else ""
     if header not in (TRAIN_HEADER, TEST_HEADER):
         raise DataFormatError(
             f"{_where(path, 1)}: unexpected header {header[:80]!r}. Expected {TRAIN_HEADER!r} "
             f"(training file) or {TEST_HEADER!r} (test file)."
         )
-    has_labels = header == TRAIN_HEADER
+    return header == TRAIN_HEADER
 
-    rows: dict[str, list] = {"image_id": [], "labels": [], "caption": [], "line": []}
+
+def _parse_records(lines: Sequence[str], path: Path, has_labels: bool) -> list[tuple[_Record, str]]:
+    """Group the lines after the header into (record, caption), in file order, refusing what is ambiguous."""
+    records: list[tuple[_Record, str]] = []
     seen: dict[str, int] = {}
-
-    def close(rec: _Record) -> None:
-        # Records are closed as soon as the next one starts, so errors come out in file order.
-        caption = _finish_record(rec, path)
-        rows["image_id"].append(rec.image_id)
-        rows["labels"].append(rec.labels)
-        rows["caption"].append(caption)
-        rows["line"].append(rec.line)
-
     current: _Record | None = None
     for lineno, raw in enumerate(lines[1:], start=2):
         _check_hidden_rows(raw, path, lineno)
         match = _RECORD_START.match(raw)
         if match:
             if current is not None:
-                close(current)
+                # Records are closed as soon as the next one starts, so errors come out in file order.
+                records.append((current, _finish_record(current, path)))
             current = _start_record(match, raw, path, lineno, has_labels)
-            first = seen.setdefault(current.image_id, lineno)
-            if first != lineno:
-                raise DataFormatError(
-                    f"{_where(path, lineno)}: duplicate ImageID {current.image_id} (first seen at line "
-                    f"{first}). Each image must appear once; remove or merge the duplicate row."
-                )
+            _check_unique(current, seen, path)
         elif looks_like := _LOOKS_LIKE_RECORD.match(raw) or _ID_LIKE.match(raw):
-            raise DataFormatError(
-                f"{_where(path, lineno)}: this line looks like the start of a row, but its ImageID "
-                f"{(looks_like.groupdict().get('field') or looks_like.group()).strip()} is not a `<name>.jpg` file "
-                "name followed by a comma (expected "
-                f"`{_expected(has_labels)}`, got {raw[:60]!r}). Fix the ImageID (unquoted, e.g. `16.jpg`); "
-                "if the line belongs to the previous row's caption, rewrap it so it does not start like a row."
-            )
+            raise _bad_record_start(looks_like, raw, path, lineno, has_labels)
         elif current is None:
             raise DataFormatError(
                 f"{_where(path, lineno)}: line {raw[:60]!r} comes before the first record and is not the "
@@ -223,14 +216,46 @@ def read_captions_csv(path: str | Path) -> pd.DataFrame:
             current.lines.append(raw)
             current.last_line = lineno
     if current is not None:
-        close(current)
+        records.append((current, _finish_record(current, path)))
+    return records
 
+
+def _check_unique(rec: _Record, seen: dict[str, int], path: Path) -> None:
+    """Refuse a second row for an image (recording the first in `seen`): which one to keep is not ours to guess."""
+    first = seen.setdefault(rec.image_id, rec.line)
+    if first != rec.line:
+        raise DataFormatError(
+            f"{_where(path, rec.line)}: duplicate ImageID {rec.image_id} (first seen at line "
+            f"{first}). Each image must appear once; remove or merge the duplicate row."
+        )
+
+
+def _bad_record_start(
+    looks_like: re.Match[str], raw: str, path: Path, line: int, has_labels: bool
+) -> DataFormatError:
+    """The error for a line that starts like a row without a `<name>.jpg` ImageID, so no row is glued on."""
+    return DataFormatError(
+        f"{_where(path, line)}: this line looks like the start of a row, but its ImageID "
+        f"{(looks_like.groupdict().get('field') or looks_like.group()).strip()} is not a `<name>.jpg` file "
+        "name followed by a comma (expected "
+        f"`{_expected(has_labels)}`, got {raw[:60]!r}). Fix the ImageID (unquoted, e.g. `16.jpg`); "
+        "if the line belongs to the previous row's caption, rewrap it so it does not start like a row."
+    )
+
+
+def _records_frame(records: Sequence[tuple[_Record, str]], has_labels: bool) -> pd.DataFrame:
+    """The parsed records as the DataFrame callers get, with fixed dtypes even when the file has no rows."""
+    rows: dict[str, list] = {
+        "image_id": [rec.image_id for rec, _ in records],
+        "labels": [rec.labels for rec, _ in records],
+        "caption": [caption for _, caption in records],
+        "line": [rec.line for rec, _ in records],
+    }
     columns = ["image_id", "labels", "caption", "line"] if has_labels else ["image_id", "caption", "line"]
     df = pd.DataFrame({c: rows[c] for c in columns}, columns=columns)
     df["line"] = df["line"].astype("int64")
     df["image_id"] = df["image_id"].astype(object)
     df["caption"] = df["caption"].astype(object)
-    _warn_empty_captions(df, path)
     return df
 
 
