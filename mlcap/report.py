@@ -7,7 +7,9 @@ that never started. Writes into the sweep folder:
 * `report.md`: one row per distinct setting (the config keys that differ between jobs, seed excluded) with
   train loss, val loss and val samples-F1 as mean ± std over seeds, the model size against the 100 MB limit
   and the run time; for a one-at-a-time grid (sweep=table4) one table per varied key, each with the base
-  point; the best run's per-class table; failed and unfinished jobs;
+  point; the study's figures beside ours where the sweep carries them (hydra.callbacks.report.paper: its
+  Tables 1-4 by setting, its best model's averages, per-class F1, run time and size beside our best setting);
+  the best run's per-class table; failed and unfinished jobs;
 * `jobs.csv`, `settings.csv` (and `settings_<key>.csv` for a one-at-a-time grid), `best_per_class.csv`;
 * PNG plots of val samples-F1 against each varied key (error bars: std over seeds) and of the best run's
   per-class precision/recall/F1.
@@ -47,6 +49,7 @@ __all__ = [
     "main",
     "one_at_a_time_tables",
     "settings_table",
+    "sweep_paper",
     "varied_keys",
     "write_report",
 ]
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 
 # Same limit as mlcap.train.SIZE_LIMIT_MB; not imported from there because that module pulls in torch.
 SIZE_LIMIT_MB = 100.0
+# The repository's conf/ (as mlcap.eda finds it), for the study's figures a sweep config carries.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 METRICS = ("train_loss", "val_loss", "val_samples_f1")
 METRIC_TITLES = {"train_loss": "train loss", "val_loss": "val loss", "val_samples_f1": "val samples-F1"}
 FINISHED, FAILED, UNFINISHED, NOT_STARTED = "finished", "failed", "unfinished", "not started"
@@ -419,8 +424,9 @@ def write_report(sweep_dir: str | Path, layout: str = "auto", paper: Mapping[str
     """Write report.md, CSVs and PNGs into `sweep_dir`; return the report path.
 
     layout: "flat" (one table), "one-at-a-time" (one table per varied key) or "auto" (one-at-a-time when the
-    sweep was planned with axes, e.g. sweep=table4). paper: the study's tables (conf/paper/*.yaml) to show
-    beside ours; by default those the sweep was run with (its multirun.yaml).
+    sweep was planned with axes, e.g. sweep=table4). paper: the study's figures (conf/paper/*.yaml: tables and
+    its best model) to show beside ours, as hydra.callbacks.report.paper holds them ({} for none); by default
+    those the sweep was run with (its multirun.yaml), plus any its sweep config has gained since.
     """
     if layout not in ("auto", "flat", "one-at-a-time"):
         raise ValueError(f"layout must be auto, flat or one-at-a-time, got {layout!r}")
@@ -435,10 +441,13 @@ def write_report(sweep_dir: str | Path, layout: str = "auto", paper: Mapping[str
     keys = _ordered_keys(jobs, axes)
     frame, settings = _write_tables(sweep_dir, jobs, keys)
     one_at_a_time = layout == "one-at-a-time" or (layout == "auto" and bool(axes))
-    paper_tables = _paper_tables(sweep_dir) if paper is None else [dict(t) for t in paper.values()]
+    figures = [dict(f) for f in (_saved_paper(sweep_dir) if paper is None else paper).values()]
+    paper_tables = [f for f in figures if not _is_best_model(f)]
+    paper_best = next((f for f in figures if _is_best_model(f)), None)
     common = _common_overrides(jobs)
     lines = _report_header(sweep_dir, jobs, frame, keys, common)
     lines += _results_sections(sweep_dir, jobs, settings, keys, paper_tables, one_at_a_time)
+    lines += _paper_best_section(paper_best, jobs, keys) if paper_best else []
     lines += _best_run_section(jobs, sweep_dir, common)
     lines += _problem_section(jobs, common)
     report = sweep_dir / "report.md"
@@ -564,14 +573,40 @@ def _flat_results(
 
 
 # ---------------------------------------------------------------------------------------- the paper
-def _paper_tables(sweep_dir: Path) -> list[dict[str, Any]]:
-    """The study's tables the sweep was run with (hydra.callbacks.report.paper in its multirun.yaml)."""
+_PAPER_DEFAULT = re.compile(r"^/?paper/(?P<file>[\w.-]+)@hydra\.callbacks\.report\.paper\.(?P<key>[\w-]+)$")
+
+
+def sweep_paper(sweep: str, conf_dir: Path = CONF_DIR) -> dict[str, dict[str, Any]]:
+    """The study's figures that `sweep=<sweep>` composes into hydra.callbacks.report.paper, read from conf/ as
+    it is now: conf/sweep/<sweep>.yaml's `/paper/<file>@hydra.callbacks.report.paper.<key>` defaults."""
+    path = conf_dir / "sweep" / f"{sweep}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir / "sweep").glob("*.yaml"))
+        raise ValueError(f"no sweep config {path}; the paper's figures come from one of: {', '.join(known)}")
+    sweep_config = _read_yaml(path)
+    defaults = (sweep_config.get("defaults") or []) if isinstance(sweep_config, dict) else []
+    matches = [_PAPER_DEFAULT.match(entry) for entry in defaults if isinstance(entry, str)]
+    return {m["key"]: _read_yaml(conf_dir / "paper" / f"{m['file']}.yaml") for m in matches if m}
+
+
+def _saved_paper(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """The study's figures the sweep was run with (hydra.callbacks.report.paper in its multirun.yaml), plus
+    those its sweep config (hydra.runtime.choices.sweep) carries now and it lacked: figures added since."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
-        return []
-    saved = _read_yaml(path)
-    paper = OmegaConf.select(OmegaConf.create(saved), "hydra.callbacks.report.paper", default=None)
-    return list(OmegaConf.to_container(paper).values()) if paper else []  # type: ignore[union-attr]
+        return {}
+    saved = OmegaConf.create(_read_yaml(path))
+    node = OmegaConf.select(saved, "hydra.callbacks.report.paper", default=None)
+    paper = dict(OmegaConf.to_container(node)) if node else {}  # type: ignore[arg-type]
+    choice = OmegaConf.select(saved, "hydra.runtime.choices.sweep", default=None)
+    if isinstance(choice, str) and (CONF_DIR / "sweep" / f"{choice}.yaml").is_file():
+        paper = {**sweep_paper(choice), **paper}  # the saved figures win; the order is the config's
+    return paper
+
+
+def _is_best_model(figures: Mapping[str, Any]) -> bool:
+    """conf/paper/best.yaml's shape (the study's best model), as against a table's (title and rows)."""
+    return "averages" in figures or "per_class" in figures
 
 
 def _target(
@@ -677,6 +712,173 @@ def _paper_sections(
     return lines
 
 
+def _best_setting_jobs(jobs: Sequence[JobRecord], keys: Sequence[str]) -> list[JobRecord]:
+    """The finished jobs of the setting with the highest mean val samples-F1 (the first such, in sweep order)."""
+    groups: dict[str, list[JobRecord]] = {}
+    for job in jobs:
+        if job.status == FINISHED and job.config and job.metrics.get("val_samples_f1") is not None:
+            groups.setdefault(_setting_key(job.config, keys), []).append(job)
+    if not groups:
+        return []
+    return max(groups.values(), key=lambda g: sum(float(j.metrics["val_samples_f1"]) for j in g) / len(g))
+
+
+def _paper_figure(value: float) -> str:
+    """A figure of the paper as it printed it: two decimals at least (0.90, 0.00), more where it gave more."""
+    return f"{value:.2f}" if round(value, 2) == value else f"{value:g}"
+
+
+def _ours_vs_paper(ours: Sequence[float], paper: float | None, missing: str = "—") -> list[str]:
+    """paper | ours (mean ± std over seeds) | ours − paper, as the tables' sections show them."""
+    values = pd.Series(ours, dtype=float).dropna()
+    mean, n = values.mean(), len(values)
+    return [
+        _paper_figure(paper) if paper is not None else "—",
+        _mean_std(mean, values.std(), n) if n else missing,
+        f"{mean - paper:+.4f}" if n and paper is not None else "—",
+    ]
+
+
+def _average_of(job: JobRecord, per_class: pd.DataFrame | None, average: str, metric: str) -> float | None:
+    """One job's micro/macro/weighted/samples average: metrics.json's val_<average>_<metric>, else the
+    '<average> avg' row of its per_class.csv."""
+    value = job.metrics.get(f"val_{average}_{metric}")
+    if value is None and per_class is not None and f"{average} avg" in per_class.index:
+        value = per_class.loc[f"{average} avg", metric]
+    return None if value is None else float(value)
+
+
+def _setting_text(config: Mapping[str, Any], keys: Sequence[str]) -> str:
+    return " ".join(f"{k}={_value_text(config.get(k))}" for k in keys) or "the only setting"
+
+
+def _paper_best_intro(
+    paper: Mapping[str, Any], ours: Sequence[JobRecord], keys: Sequence[str], n_per_class: int
+) -> str:
+    """What the two sides are: the paper's claims, and which of our settings (how it differs from Table 5)."""
+    config = ours[0].config
+    seeds = " ".join(str(j.config.get(_SEED_KEY)) for j in ours)
+    partial = (
+        f", per-class figures over the {n_per_class} with a per_class.csv" if n_per_class < len(ours) else ""
+    )
+    differs = [
+        f"{k}={_value_text(config[k])} (the paper's {_value_text(v)})"
+        for k, v in (paper.get("setting") or {}).items()
+        if k in config and not _same_value(config[k], v)
+    ]
+    table5 = (
+        f"It differs from the paper's best model (its Table 5) in `{'`, `'.join(differs)}`."
+        if differs
+        else "It holds the paper's best model's values (its Table 5) where our config has the key."
+    )
+    return (
+        "The paper's columns are the study's own claims for its best model (its Tables 6-7 and the text after "
+        "them: its data, its ResNeXt-50 backbone, one run), whatever data this sweep ran on. "
+        f"Ours are this sweep's best setting by mean val samples-F1, `{_setting_text(config, keys)}`: mean ± "
+        f"sample std over its {len(ours)} finished seed(s) ({seeds}){partial}. {table5}"
+    )
+
+
+def _paper_best_section(
+    paper: Mapping[str, Any], jobs: Sequence[JobRecord], keys: Sequence[str]
+) -> list[str]:
+    """The study's best model (conf/paper/best.yaml) beside this sweep's best setting: the four averages of
+    precision/recall/F1, per-class F1 by label id, run time and size; ours as mean ± std over its seeds."""
+    lines = ["## The study's best model beside ours", ""]
+    ours = _best_setting_jobs(jobs, keys)
+    if not ours:
+        return lines + ["No finished job yet.", ""]
+    per_class = {job.name: _read_per_class(job) for job in ours}
+    with_table = [t for t in per_class.values() if t is not None]
+    lines += [_paper_best_intro(paper, ours, keys, len(with_table)), ""]
+    rows = [
+        [f"{average} {metric}"]
+        + _ours_vs_paper(
+            [_average_of(j, per_class[j.name], average, metric) for j in ours],
+            (paper.get("averages") or {}).get(average, {}).get(metric),
+        )
+        for average in ("micro", "macro", "weighted", "samples")
+        for metric in ("precision", "recall", "f1")
+    ]
+    lines += [
+        "### Precision / recall / F1 averages (validation split; the paper's Table 6)",
+        "",
+        _markdown(pd.DataFrame(rows, columns=["average", "paper", "ours", "ours − paper"])),
+    ]
+    lines += _paper_per_class(paper.get("per_class") or [], with_table)
+    times = [float(j.metrics["wall_time_s"]) for j in ours if j.metrics.get("wall_time_s") is not None]
+    sizes = [float(j.metrics["model_size_mb"]) for j in ours if j.metrics.get("model_size_mb") is not None]
+    paper_time, paper_size = paper.get("wall_time_s"), paper.get("model_size_mb")
+    time = sum(times) / len(times) if times else None
+    size = max(sizes) if sizes else None  # one model: the same size on every seed
+    rows = [
+        [
+            "run time (wall, mean per run)",
+            _duration(paper_time) if paper_time is not None else "—",
+            _duration(time) if time is not None else "—",
+            _signed_duration(time - paper_time) if time is not None and paper_time is not None else "—",
+        ],
+        [
+            f"model size MB (limit {SIZE_LIMIT_MB:.0f})",
+            _paper_figure(paper_size) if paper_size is not None else "—",
+            _size(size, size > SIZE_LIMIT_MB) if size is not None else "—",
+            f"{size - paper_size:+.1f}" if size is not None and paper_size is not None else "—",
+        ],
+    ]
+    if paper.get("kaggle_f1") is not None:
+        kaggle = _paper_figure(paper["kaggle_f1"])
+        rows.append(["Kaggle F1 (public 20% of the test set)", kaggle, "— (test labels are Kaggle's)", "—"])
+    lines += [
+        "### Run time and size",
+        "",
+        _markdown(pd.DataFrame(rows, columns=["", "paper", "ours", "ours − paper"])),
+    ]
+    return lines
+
+
+def _signed_duration(seconds: float) -> str:
+    return ("+" if seconds >= 0 else "-") + _duration(abs(seconds))
+
+
+def _paper_per_class(paper_rows: Sequence[Mapping[str, Any]], ours: Sequence[pd.DataFrame]) -> list[str]:
+    """Per-class F1 by label id: the paper's (its Table 7), ours (mean ± std over seeds) and the difference;
+    a label with no positives in our validation split has no F1 of ours to compare."""
+    paper_f1 = {str(row["label"]): row.get("f1") for row in paper_rows}
+    ours_labels = [str(label) for t in ours for label in t.index if "avg" not in str(label)]
+    rows = []
+    for label in dict.fromkeys([*paper_f1, *ours_labels]):
+        present = [t for t in ours if label in t.index]
+        support = sorted({int(t.loc[label, "support"]) for t in present})
+        if not present:
+            cells = _ours_vs_paper([], paper_f1.get(label), missing="not in our data")
+        elif support == [0]:
+            cells = _ours_vs_paper([], paper_f1.get(label), missing="no positives")
+        else:
+            cells = _ours_vs_paper([float(t.loc[label, "f1"]) for t in present], paper_f1.get(label))
+        rows.append(
+            [label, "–".join(dict.fromkeys(str(s) for s in support[:1] + support[-1:])) or "—", *cells]
+        )
+    columns = ["label", "support (ours)", "F1: paper", "F1: ours", "ours − paper"]
+    return [
+        "### Per-class F1 (validation split; the paper's Table 7)",
+        "",
+        _markdown(pd.DataFrame(rows, columns=columns)),
+    ]
+
+
+def _read_per_class(job: JobRecord) -> pd.DataFrame | None:
+    """A finished job's per_class.csv (labels and averages as rows; the index as text), None if it has none."""
+    path = job.path / "per_class.csv" if job.path is not None else None
+    if path is None or not path.is_file():
+        return None
+    per_class = pd.read_csv(path, index_col=0)
+    missing = {"precision", "recall", "f1", "support"} - set(per_class.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; re-run that job's training")
+    per_class.index = per_class.index.astype(str)
+    return per_class
+
+
 def _own_overrides(job: JobRecord, common: Sequence[str]) -> str:
     return " ".join(o for o in job.overrides if o not in common) or "(only the common ones)"
 
@@ -693,15 +895,11 @@ def _best_run_section(jobs: Sequence[JobRecord], sweep_dir: Path, common: Sequen
         f"overrides besides the common ones: `{_own_overrides(best, common)}`.",
         "",
     ]
-    assert best.path is not None
-    per_class_path = best.path / "per_class.csv"
-    if not per_class_path.is_file():
+    per_class = _read_per_class(best)
+    if per_class is None:
         return lines + [f"(no per_class.csv in {best.path})", ""]
-    per_class = pd.read_csv(per_class_path, index_col=0)
-    missing = {"precision", "recall", "f1", "support"} - set(per_class.columns)
-    if missing:
-        raise ValueError(f"{per_class_path}: missing column(s) {sorted(missing)}; re-run that job's training")
-    write_atomic(sweep_dir / "best_per_class.csv", per_class_path.read_text())
+    assert best.path is not None
+    write_atomic(sweep_dir / "best_per_class.csv", (best.path / "per_class.csv").read_text())
     plot = _plot_per_class(per_class, sweep_dir / "best_per_class.png")
     lines += [
         "Per-class precision / recall / F1 on the validation split (`best_per_class.csv`):",
@@ -790,9 +988,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="one table, one table per varied key, or decide from the sweep plan (default)",
     )
+    parser.add_argument(
+        "--paper",
+        metavar="SWEEP",
+        help="show the study's figures that sweep=SWEEP carries now (conf/sweep/SWEEP.yaml, e.g. study), or "
+        "none; default: those the sweep was run with (its multirun.yaml), plus any its sweep config has "
+        "gained since",
+    )
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.sweep_dir, layout=args.layout)
+        paper = None if args.paper is None else {} if args.paper == "none" else sweep_paper(args.paper)
+        report = write_report(args.sweep_dir, layout=args.layout, paper=paper)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

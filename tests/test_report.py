@@ -269,3 +269,93 @@ def test_the_paper_comes_from_the_sweeps_own_config(sweep: Path) -> None:
     assert f"### {PAPER_TABLE2['table2']['title']}" in write(sweep).read_text()
     (sweep / "multirun.yaml").unlink()
     assert PAPER_TABLE2["table2"]["title"] not in write(sweep).read_text()
+
+
+# The study's best model as sweep=study and sweep=table4 carry it (conf/paper/best.yaml).
+PAPER_BEST = {"best": OmegaConf.to_container(OmegaConf.load(CONF / "paper" / "best.yaml"))}
+
+
+def _section(report: str, title: str) -> dict[str, list[str]]:
+    """A report table's rows by their first cell, cells stripped."""
+    section = report.split(title)[1].split("\n#")[0]
+    rows = [
+        [c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines() if line.startswith("| ")
+    ]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_the_papers_best_model_stands_beside_our_best_setting(sweep: Path) -> None:
+    # The best setting (attention on, seeds 0-2): label 2's F1 differs by seed, label 12 never occurs.
+    for seed, f1_2 in ((0, 0.4), (1, 0.5), (2, 0.6)):
+        (sweep / f"model.attention=true,seed={seed}" / "per_class.csv").write_text(
+            "label,precision,recall,f1,support\n1,0.9,0.8,0.85,10\n"
+            f"2,0.5,0.4,{f1_2},5\n12,0.0,0.0,0.0,0\nmicro avg,0.8,0.7,0.75,15\nsamples avg,0.7,0.6,0.65,15\n"
+        )
+    report = write(sweep, paper={**PAPER_TABLE2, **PAPER_BEST}).read_text()
+    best = PAPER_BEST["best"]
+    assert "## The study's best model beside ours" in report and "the study's own claims" in report
+    assert "`model.attention=true`: mean ± sample std over its 3 finished seed(s) (0 1 2)" in report
+    assert f"### {best['title']}" not in report  # not shown as one of the study's tables
+
+    per_class = _section(report, "### Per-class F1")
+    assert per_class["label"] == ["support (ours)", "F1: paper", "F1: ours", "ours − paper"]
+    # label 2: the paper's 0.57 beside ours, mean 0.5 ± std 0.1 over seeds, and ours - paper
+    assert per_class["2"] == ["5", "0.57", "0.5000 ± 0.1000", "-0.0700"]
+    assert per_class["1"] == ["10", "0.94", "0.8500 ± 0.0000", "-0.0900"]
+    assert per_class["12"] == ["0", "0.00", "no positives", "—"]  # no F1 of ours to compare
+    assert per_class["19"] == ["—", "0.92", "not in our data", "—"]  # matched by label id, not position
+    assert len(per_class) == 1 + 19
+
+    averages = _section(report, "### Precision / recall / F1 averages")
+    assert averages["samples f1"] == ["0.87", "0.6000 ± 0.1000", "-0.2700"]  # metrics.json's val_samples_f1
+    assert averages["micro f1"] == ["0.84", "0.7500 ± 0.0000", "-0.0900"]  # per_class.csv's micro avg row
+    assert averages["macro precision"] == ["0.86", "—", "—"]  # neither file has it
+
+    costs = _section(report, "### Run time and size")
+    assert costs["run time (wall, mean per run)"] == ["39.0 min", "30 s", "-38.5 min"]
+    assert costs["model size MB (limit 100)"] == ["96.39", "16.4", "-80.0"]
+    assert costs["Kaggle F1 (public 20% of the test set)"][0] == "0.86299"
+    assert "### Table 2: attention" in report  # the tables' figures still shown
+
+
+def test_no_best_model_section_without_the_papers_figures(sweep: Path) -> None:
+    assert "The study's best model" not in write(sweep, paper=PAPER_TABLE2).read_text()
+
+
+def test_the_best_model_section_names_how_our_best_setting_differs_from_the_papers(sweep: Path) -> None:
+    paper = {"best": {**PAPER_BEST["best"], "setting": {"model.attention": False, "lr": 3e-4}}}
+    report = write(sweep, paper=paper).read_text()
+    assert (
+        "differs from the paper's best model (its Table 5) in `model.attention=true (the paper's false)`"
+        in (report)
+    )
+
+
+def test_cli_takes_the_papers_figures_from_a_sweep_config(
+    sweep: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An old sweep folder: its multirun.yaml predates the best model's figures; its sweep config has them."""
+    OmegaConf.save(
+        OmegaConf.create(
+            {
+                "hydra": {
+                    "callbacks": {"report": {"paper": PAPER_TABLE2}},
+                    "runtime": {"choices": {"sweep": "table4"}},
+                }
+            }
+        ),
+        sweep / "multirun.yaml",
+    )
+    assert main([str(sweep)]) == 0  # default: the saved figures, plus those sweep=table4 carries now
+    report = (sweep / "report.md").read_text()
+    assert "### Table 2: attention" in report and "### Table 4" in report
+    assert "## The study's best model beside ours" in report
+    assert main([str(sweep), "--paper", "none"]) == 0
+    report = (sweep / "report.md").read_text()
+    assert "The study's best model" not in report and "### Table 2" not in report
+    assert main([str(sweep), "--paper", "study"]) == 0
+    report = (sweep / "report.md").read_text()
+    assert all(f"### Table {n}" in report for n in (1, 2, 3, 4)) and "## The study's best model" in report
+    capsys.readouterr()
+    assert main([str(sweep), "--paper", "table9"]) == 2
+    assert "no sweep config" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.mlcap_sweeper import MlcapSweeper
-from mlcap.report import ReportCallback
+from mlcap.report import ReportCallback, sweep_paper
 from mlcap.runs import resolved_task_config
 from mlcap.settings import validate
 from mlcap.sweep import (
@@ -115,12 +115,21 @@ def test_study_sweep_runs_every_distinct_setting_of_the_four_tables_once() -> No
     assert all(point in study_points for point in table_points)  # every setting of every table ...
     assert all(point in table_points for point in study_points)  # ... and nothing else,
     assert all(study_points.count(point) == 1 for point in study_points)  # each once
-    # The paper's figures of all four tables travel with the study, as each travels with its own table sweep.
+    # The paper's figures of all four tables travel with the study, as each travels with its own table sweep;
+    # its best model's (Tables 6-7) with the study and with Table 4, whose base point that model is.
     paper = study.hydra.callbacks.report.paper
-    assert list(paper) == list(tables)
+    assert list(paper) == [*tables, "best"]
     for name, table in tables.items():
-        assert list(table.hydra.callbacks.report.paper) == [name]
-        assert paper[name] == table.hydra.callbacks.report.paper[name]
+        carried = list(table.hydra.callbacks.report.paper)
+        assert carried == ([name, "best"] if name == "table4" else [name])
+        assert all(paper[key] == table.hydra.callbacks.report.paper[key] for key in carried)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_report_reads_a_sweeps_paper_figures_as_hydra_composes_them(sweep: str) -> None:
+    """`python -m mlcap.report --paper <sweep>` reads conf/ without Hydra; it must get what Hydra composes."""
+    composed = OmegaConf.select(sweep_config(sweep), "hydra.callbacks.report.paper", default=None)
+    assert sweep_paper(sweep) == (OmegaConf.to_container(composed) if composed is not None else {})
 
 
 def test_seeds_and_command_line_lists_multiply_every_point() -> None:
