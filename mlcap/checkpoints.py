@@ -8,7 +8,8 @@ Lightning checkpoints are zip archives (torch's format) whose members carry CRC-
 every member's CRC finds truncation and garbling in any byte without unpickling anything; unpickling then
 checks that it is a Lightning checkpoint at all. Loading uses ``weights_only=False``, as Lightning's own
 ``load_from_checkpoint`` does by default: the hyper-parameters are pickled objects, so only load checkpoints
-you trust.
+you trust. A model checkpoint (one with hyper-parameters) of another layout than this code's (`LAYOUT`) is
+refused in one line naming the file: retrain with this version.
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "check_checkpoint", "check_resumable", "load_checkpoint"]
+__all__ = [
+    "LAYOUT",
+    "LAYOUT_KEY",
+    "CheckpointError",
+    "check_checkpoint",
+    "check_resumable",
+    "load_checkpoint",
+]
 
 # What Lightning needs to resume training (it raises a KeyError deep in fit() without the optimizer state).
 RESUME_KEYS = ("epoch", "global_step", "optimizer_states")
+# The model checkpoints' layout: hyper-parameters `model` (the model config), `data` (DataMetadata), `threshold`
+# and `tta`, and the network's module names. Bumped when either changes; layout 1 (no key) held label_ids,
+# vocab_tokens, preprocessing and one hyper-parameter per model key.
+LAYOUT_KEY, LAYOUT = "mlcap_layout", 2
 
 
 class CheckpointError(ValueError):
@@ -76,6 +88,12 @@ def _load(path: Path, map_location: Any, automatic: bool, mmap: bool = False) ->
     if problem is None and not (isinstance(checkpoint, dict) and "state_dict" in checkpoint):
         found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         problem = f"is not a Lightning checkpoint (no state_dict; found {found})"
+    if problem is None and "hyper_parameters" in checkpoint and checkpoint.get(LAYOUT_KEY, 1) != LAYOUT:
+        # A model checkpoint (it has hyper-parameters) of another mlcap version: not loadable by this code.
+        raise CheckpointError(
+            f"checkpoint {path} was written by another mlcap version (checkpoint layout "
+            f"{checkpoint.get(LAYOUT_KEY, 1)}, this version reads {LAYOUT}); retrain with this version"
+        )
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} {problem}. {_advice(path, automatic)}")
     return checkpoint

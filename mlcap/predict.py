@@ -11,7 +11,6 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlcap.checkpoints import check_checkpoint
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule, multi_hot
 from mlcap.data.metadata import DataMetadata
@@ -58,7 +57,7 @@ def read_label_file(path: str | Path, label_ids: list[int]) -> pd.DataFrame:
 
 def data_metadata(model: MultiLabelClassifier) -> DataMetadata:
     """What the checkpoint says about its training data (label ids, vocabulary, preprocessing)."""
-    return DataMetadata.from_dict(model.hparams["preprocessing"])
+    return DataMetadata.from_dict(model.hparams["data"])
 
 
 def prediction_data(cfg: DictConfig, metadata: DataMetadata, tta: bool) -> CaptionImageDataModule:
@@ -88,19 +87,19 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     validate_predict(cfg)
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     device = "cuda" if torch.cuda.is_available() and cfg.get("accelerator", "auto") != "cpu" else "cpu"
-    model = MultiLabelClassifier.load_from_checkpoint(
-        check_checkpoint(ckpt), load_pretrained=False, map_location=device
-    )
+    # Checked first (mlcap.checkpoints): a damaged file, or one of an older layout, is named in one line.
+    model = MultiLabelClassifier.load_from_checkpoint(ckpt, load_pretrained=False, map_location=device)
+    metadata = data_metadata(model)
     log.info("predicting with %s", ckpt)
-    tta = model.hparams.get("tta", False) if cfg.get("tta") is None else bool(cfg.tta)
-    datamodule = prediction_data(cfg, data_metadata(model), tta)
+    tta = model.hparams["tta"] if cfg.get("tta") is None else bool(cfg.tta)
+    datamodule = prediction_data(cfg, metadata, tta)
     datamodule.prepare_data()
     datamodule.setup("predict")
     prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder)
     loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
     probs = probabilities(model, loaders, accelerator=device)
     preds = decide_labels(probs, model.threshold).bool().numpy()
-    label_ids = np.asarray(model.label_ids)
+    label_ids = np.asarray(metadata.label_ids)
     table = datamodule.tables["predict"]
     if len(preds) != len(table):  # one row per input row, or no file at all
         raise RuntimeError(
@@ -114,11 +113,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     log.info("wrote %d predictions to %s", len(submission), output)
     result: dict[str, Any] = {"submission": str(output), "rows": len(submission), "checkpoint": str(ckpt)}
     if cfg.get("labels_csv"):
-        truth = read_label_file(cfg.labels_csv, model.label_ids).set_index("ImageID")
+        truth = read_label_file(cfg.labels_csv, list(metadata.label_ids)).set_index("ImageID")
         missing = sorted(set(table["image_id"]) - set(truth.index))
         if missing:
             raise ValueError(f"{cfg.labels_csv} has no labels for {len(missing)} images, e.g. {missing[:3]}")
-        target = multi_hot(list(truth.loc[table["image_id"], "labels"]), model.label_ids)
+        target = multi_hot(list(truth.loc[table["image_id"], "labels"]), metadata.label_ids)
         result["samples_f1"] = float(samples_f1(torch.from_numpy(preds).int(), target.int()))
         log.info("samples-F1 against %s: %.4f", cfg.labels_csv, result["samples_f1"])
     return result

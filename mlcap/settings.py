@@ -2,7 +2,8 @@
 
 The YAML files under conf/ hold each key's default; this module holds what a value may be. The schemas are
 structured configs (OmegaConf checks and converts the types); ranges, choices and combinations are checked
-here because OmegaConf has no such constraints. `validate()` runs on every composed train config: in the
+here because OmegaConf has no such constraints. `model_settings` gives the model config's own knobs as a
+typed, checked `ModelSchema`: what the model is built from. `validate()` runs on every composed train config: in the
 Hydra callback of a single run, in the sweeper for every job of a sweep before any job starts, and in
 `train()`. Torch-free, so it costs nothing before the first job.
 """
@@ -19,7 +20,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["PUBLIC_KEYS", "SettingsError", "validate"]
+__all__ = ["PUBLIC_KEYS", "ModelSchema", "SettingsError", "model_settings", "validate"]
 
 
 class SettingsError(ValueError):
@@ -60,31 +61,52 @@ class ImageEncoderSchema:
     freeze: bool = knob()
     dropout: float = knob(ge=0.0, lt=1.0)
     trainable_blocks: int = knob(ge=0)
-    pooling: str = knob(choices=("avg", "label_attention"))
+    label_attention: bool = knob()
+
+
+RNN, SENTENCE = "rnn", "sentence"
+TEXT_ENCODERS = (RNN, SENTENCE, f"{RNN}+{SENTENCE}")
 
 
 @dataclass
 class ModelSchema:
-    caption: bool = knob()
+    """The fusion model's own knobs (conf/model/fusion.yaml), typed: the model is built from this object
+    (`model_settings`); its parts with alternatives (image encoder, loss, optimizer, scheduler) are nodes."""
+
+    caption: bool = knob()  # false: the image-only model, no text at all (text_encoder is then unused)
+    text_encoder: str = knob(choices=TEXT_ENCODERS)
     word_vectors: str = knob(choices=("fasttext_sg", "word2vec_sg", "word2vec_cbow", "none"))
     word_dim: int = knob(ge=1)
     hidden_dim: int = knob(ge=1)
-    embed_dim: int = knob(ge=1)
     rnn: str = knob(choices=("gru", "lstm"))
     attention: bool = knob()
-    pooling: str = knob(choices=("last", "mean"))
-    batch_norm: bool = knob()
-    dropout: float = knob(ge=0.0, lt=1.0)
+    rnn_pooling: str = knob(choices=("last", "mean"))
     # minilm (offline), a sentence-transformers name or a local directory (mlcap.models.sentence_encoder)
-    sentence_encoder: str | None = knob()
+    sentence_model: str = knob()
     sentence_trainable_layers: int = knob(ge=0)  # at most the model's layer count: checked when it is built
     sentence_lr_scale: float = knob(gt=0.0)
     sentence_max_tokens: int = knob(ge=2)
+    embed_dim: int = knob(ge=1)
+    batch_norm: bool = knob()
+    dropout: float = knob(ge=0.0, lt=1.0)
     aux_heads: bool = knob()
-    loss: str = knob(choices=("bce", "weighted_bce", "asl"))
-    weight_decay: float = knob(ge=0.0)
     backbone_lr_scale: float = knob(gt=0.0)
-    scheduler: str = knob(choices=("constant", "onecycle"))
+
+    @property
+    def uses_rnn(self) -> bool:
+        """Whether captions go through the RNN encoder (with word vectors)."""
+        return self.caption and RNN in self.text_encoder.split("+")
+
+    @property
+    def uses_sentence_encoder(self) -> bool:
+        """Whether captions go through the pretrained sentence encoder."""
+        return self.caption and SENTENCE in self.text_encoder.split("+")
+
+
+@dataclass
+class OptimizerSchema:
+    # `lr` is the top-level key (the node interpolates it); the node's other keys belong to its _target_.
+    weight_decay: float = knob(ge=0.0)
 
 
 @dataclass
@@ -135,6 +157,7 @@ SCHEMAS: dict[str, type] = {
     "data": DataSchema,
     "model": ModelSchema,
     "model.image_encoder": ImageEncoderSchema,
+    "model.optimizer": OptimizerSchema,
     "trainer": TrainerSchema,
 }
 
@@ -198,8 +221,9 @@ def _typed(schema: type, node: Any, prefix: str) -> DictConfig:
         raise SettingsError(f"{key}={shown(value)} is not allowed: it must be {expected}") from None
 
 
-def _check_schema(cfg: DictConfig, prefix: str, schema: type) -> dict[str, Any]:
-    node = OmegaConf.select(cfg, prefix, throw_on_missing=False) if prefix else cfg
+def _checked(node: Any, prefix: str, schema: type) -> tuple[DictConfig, dict[str, Any]]:
+    """The node's schema keys typed (a structured config of `schema`) and as {dotted key: value}, each checked
+    against its range or choices."""
     typed = _typed(schema, node, prefix)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(schema):
@@ -215,11 +239,25 @@ def _check_schema(cfg: DictConfig, prefix: str, schema: type) -> dict[str, Any]:
         if not _in_range(value, f.metadata):
             raise SettingsError(f"{key}={shown(value)} is not allowed: it must be {_allowed(f.metadata)}")
         values[key] = value
-    return values
+    return typed, values
 
 
-# Keys of the model's nodes that are no public knob but belong there.
-_MODEL_EXTRAS = {"model": {"_target_", "image_encoder"}, "model.image_encoder": {"_target_"}}
+def _check_schema(cfg: DictConfig, prefix: str, schema: type) -> dict[str, Any]:
+    node = OmegaConf.select(cfg, prefix, throw_on_missing=False) if prefix else cfg
+    return _checked(node, prefix, schema)[1]
+
+
+def model_settings(model: Mapping[str, Any]) -> ModelSchema:
+    """The model config's own knobs (cfg.model, or a checkpoint's copy of it) as a checked, typed ModelSchema."""
+    node = model if isinstance(model, DictConfig) else OmegaConf.create(dict(model))
+    typed, _ = _checked(node, "model", ModelSchema)
+    return OmegaConf.to_object(typed)  # type: ignore[return-value]
+
+
+# Keys of the model's nodes that are no knob of their schema but belong there: the parts built from
+# `_target_` nodes (model/image_encoder, model/loss, model/scheduler groups; the optimizer node).
+_PARTS = ("image_encoder", "loss", "optimizer", "scheduler")
+_MODEL_EXTRAS = {"model": set(_PARTS), "model.image_encoder": {"_target_"}}
 
 
 def _check_unknown_keys(cfg: DictConfig) -> None:
@@ -231,6 +269,30 @@ def _check_unknown_keys(cfg: DictConfig) -> None:
         if unknown:
             raise SettingsError(
                 f"{prefix}.{unknown[0]} is not a setting of {prefix}: it knows {', '.join(sorted(known - extras))}"
+            )
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / group).glob("*.yaml"))
+
+
+def _check_parts(cfg: DictConfig) -> None:
+    """model.loss, model.optimizer and model.scheduler are `_target_` nodes (the loss and the schedule chosen by
+    config group); the optimizer and a scheduler are `_partial_`: the model calls them with what it knows."""
+    for name in ("loss", "optimizer", "scheduler"):
+        key, node = f"model.{name}", OmegaConf.select(cfg, f"model.{name}")
+        if name == "scheduler" and node is None:
+            continue  # model/scheduler=constant
+        options = _group_options(f"model/{name}")
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            hint = f"choose it with model/{name}=<{'|'.join(options)}>" if options else "give a _target_ node"
+            if isinstance(node, str) and node in options:
+                hint = f"choose it with model/{name}={node} (a config group: a slash, not a dot)"
+            raise SettingsError(f"{key}={shown(node)} is not allowed: {hint}")
+        if name != "loss" and node.get("_partial_") is not True:
+            raise SettingsError(
+                f"{key}._partial_={shown(node.get('_partial_'))} is not allowed: it must be true (the model "
+                "calls it with its parameter groups)"
             )
 
 
@@ -277,10 +339,10 @@ def _check_image_encoder(v: Mapping[str, Any]) -> None:
             f"model.image_encoder.weights={weights!r} is not allowed: it must be hub, none or the path of an "
             "existing state-dict file, and there is no such file"
         )
-    if v["model.sentence_encoder"] == "":
+    if v["model.sentence_model"] == "":
         raise SettingsError(
-            "model.sentence_encoder='' is not allowed: it must be null, minilm, a sentence-transformers model "
-            "name or a local directory"
+            "model.sentence_model='' is not allowed: it must be minilm, a sentence-transformers model name or "
+            "a local directory"
         )
 
 
@@ -296,10 +358,12 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
                 f"{shown(v['data.cache'])}, model.image_encoder.freeze={shown(v['model.image_encoder.freeze'])}, "
                 f"data.cache_views={v['data.cache_views']}); or set tta=false"
             )
-    if v["model.sentence_trainable_layers"] and v["model.sentence_encoder"] is None:
+    text = v["model.text_encoder"]
+    if v["model.sentence_trainable_layers"] and v["model.caption"] and SENTENCE not in text.split("+"):
         raise SettingsError(
-            "model.sentence_trainable_layers > 0 fine-tunes the sentence encoder, but "
-            "model.sentence_encoder=null; set model.sentence_encoder=minilm or the layers to 0"
+            f"model.sentence_trainable_layers={v['model.sentence_trainable_layers']} fine-tunes the sentence "
+            f"encoder, but model.text_encoder={text} has none; set model.text_encoder=sentence or "
+            f"{RNN}+{SENTENCE}, or the layers to 0"
         )
     if v["model.image_encoder.trainable_blocks"] and not v["model.image_encoder.freeze"]:
         raise SettingsError(
@@ -327,6 +391,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         values |= _check_schema(resolved, prefix, schema)
     _check_image_size(OmegaConf.select(resolved, "data.image_size"))
     _check_unknown_keys(resolved)
+    _check_parts(resolved)
     _check_combinations(values)
     _check_paths(values, resolved)
     return values

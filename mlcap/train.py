@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mlcap.calibration import calibrate, cross_fitted_f1
-from mlcap.checkpoints import check_checkpoint, check_resumable, load_checkpoint
+from mlcap.checkpoints import check_resumable, load_checkpoint
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.word_vectors import train_word_vectors
@@ -49,7 +49,7 @@ from mlcap.runs import (
     write_atomic,
     write_json,
 )
-from mlcap.settings import validate
+from mlcap.settings import model_settings, validate
 from mlcap.tensorboard import log_hparams
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,8 @@ def check_encoders(cfg: DictConfig) -> None:
     encoder = cfg.model.image_encoder
     if encoder.get("weights") is not None and encoder.pretrained:
         build_backbone(encoder.name, True, encoder.weights)
-    if cfg.model.sentence_encoder:
-        sentence_source(cfg.model.sentence_encoder)
+    if model_settings(cfg.model).uses_sentence_encoder:
+        sentence_source(cfg.model.sentence_model)
 
 
 def build_datamodule(cfg: DictConfig) -> CaptionImageDataModule:
@@ -213,10 +213,11 @@ def build_datamodule(cfg: DictConfig) -> CaptionImageDataModule:
 
 
 def build_model(cfg: DictConfig, datamodule: CaptionImageDataModule) -> MultiLabelClassifier:
-    """The LightningModule from cfg.model, with what the data decides (labels, vocabulary, word vectors)."""
+    """The LightningModule from cfg.model, with what the data decides (its metadata, word vectors, and the
+    statistics a loss asks for)."""
     assert datamodule.vocab is not None
     vectors = None
-    if cfg.model.caption:
+    if model_settings(cfg.model).uses_rnn:
         vectors = train_word_vectors(
             datamodule.train_token_lists,
             datamodule.vocab,
@@ -224,18 +225,12 @@ def build_model(cfg: DictConfig, datamodule: CaptionImageDataModule) -> MultiLab
             cfg.model.word_dim,
             seed=cfg.seed,
         )
-    model: MultiLabelClassifier = hydra.utils.instantiate(
-        cfg.model,
-        _recursive_=False,
-        _convert_="all",
-        label_ids=list(datamodule.label_ids),
-        vocab_tokens=datamodule.vocab.tokens,
-        lr=cfg.lr,
+    model = MultiLabelClassifier(
+        model=model_config(cfg, datamodule),
+        data=datamodule.metadata().to_dict(),
         threshold=cfg.threshold,
         tta=cfg.tta,
-        preprocessing=datamodule.metadata().to_dict(),
         embedding_init=vectors,
-        pos_weight=positive_weights(datamodule) if cfg.model.loss == "weighted_bce" else None,
     )
     prepare_inputs(
         datamodule, model.net.image_encoder, model.net.sentence_encoder
@@ -246,6 +241,16 @@ def build_model(cfg: DictConfig, datamodule: CaptionImageDataModule) -> MultiLab
         inference_size_bytes(model.net) / 1e6,
         SIZE_LIMIT_MB,
     )
+    return model
+
+
+def model_config(cfg: DictConfig, datamodule: CaptionImageDataModule) -> dict[str, Any]:
+    """cfg.model resolved to plain containers (as the checkpoint keeps it), with the per-label weights a loss
+    asks for (`pos_weight: ???`, model/loss=weighted_bce) computed on the train split."""
+    model: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[assignment]
+    loss = cfg.model.loss
+    if "pos_weight" in loss.keys() and OmegaConf.is_missing(loss, "pos_weight"):  # noqa: SIM118 (`in` skips ???)
+        model["loss"]["pos_weight"] = positive_weights(datamodule)
     return model
 
 
@@ -265,9 +270,7 @@ def load_best(checkpoint: ModelCheckpoint, model: MultiLabelClassifier) -> tuple
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
     if not best_path:
         return model, ""
-    best = MultiLabelClassifier.load_from_checkpoint(
-        check_checkpoint(best_path), load_pretrained=False, map_location="cpu"
-    )
+    best = MultiLabelClassifier.load_from_checkpoint(best_path, load_pretrained=False, map_location="cpu")
     return best, best_path
 
 
@@ -370,11 +373,12 @@ def _saved_epoch(best_path: str, history: EpochHistory, monitor: str | None) -> 
     return int(scored[int(np.argmax([e[monitor] for e in scored]))]["epoch"]) if scored else None
 
 
-def positive_weights(datamodule: CaptionImageDataModule, cap: float = 50.0) -> list[float]:
-    """negatives / positives per label on the train split (capped; labels never seen get the cap)."""
+def positive_weights(datamodule: CaptionImageDataModule) -> list[float]:
+    """negatives / positives per label on the train split (labels never seen: as if seen once; the loss caps
+    them)."""
     labels = datamodule.labels("train")
     positives = labels.sum(0)
-    weights = ((len(labels) - positives) / positives.clamp(min=1)).clamp(max=cap)
+    weights = (len(labels) - positives) / positives.clamp(min=1)
     return [round(float(w), 4) for w in weights]
 
 

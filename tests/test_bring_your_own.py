@@ -32,6 +32,13 @@ def changed_by_training(checkpoint: str, prefix: str, before: dict[str, torch.Te
     return {key for key, value in before.items() if not torch.equal(after[key], value)}
 
 
+def timm_encoder(name: str, weights: str, **settings: object) -> ImageEncoder:
+    """An image encoder of model/image_encoder=timm's settings spelled out; `settings` replace them."""
+    values: dict = {"pretrained": True, "freeze": True, "dropout": 0.0, "trainable_blocks": 0}
+    values |= {"label_attention": False, "embed_dim": 8, "num_labels": 19}
+    return ImageEncoder(name=name, weights=weights, **(values | settings))
+
+
 def saved_timm_weights(name: str, folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """A randomly initialised timm model saved as a checkpoint dict holding its state dict (as trainers do)."""
     torch.manual_seed(1)
@@ -44,7 +51,7 @@ def saved_timm_weights(name: str, folder: Path) -> tuple[Path, dict[str, torch.T
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_timm_weights_file_loads_its_tensors_and_timm_preprocessing(name: str, tmp_path: Path) -> None:
     path, saved = saved_timm_weights(name, tmp_path)
-    encoder = ImageEncoder(name, weights=str(path), trainable_blocks=1, embed_dim=8)
+    encoder = timm_encoder(name, str(path), trainable_blocks=1)
     loaded = encoder.backbone.state_dict()
     assert list(loaded) == list(saved) and all(torch.equal(loaded[k], saved[k]) for k in saved)
     config = timm.data.resolve_model_data_config(encoder.backbone)
@@ -76,13 +83,13 @@ def test_a_weights_file_that_does_not_fit_is_refused_not_ignored(damage: str, tm
         path.write_bytes(b"")
         match = "cannot be loaded"
     with pytest.raises(RuntimeError, match=rf"model\.image_encoder\.weights={path}.*{match}"):
-        ImageEncoder(name="resnet10t", weights=str(path))
+        timm_encoder("resnet10t", str(path))
 
 
 def test_a_vit_is_refused_for_trainable_blocks_but_works_frozen() -> None:
     with pytest.raises(ValueError, match="not a chain of stages.*trainable_blocks=0"):
-        ImageEncoder("vit_tiny_patch16_224", weights="none", trainable_blocks=1)
-    encoder = ImageEncoder("vit_tiny_patch16_224", weights="none", embed_dim=8)
+        timm_encoder("vit_tiny_patch16_224", "none", trainable_blocks=1)
+    encoder = timm_encoder("vit_tiny_patch16_224", "none")
     assert encoder.cached_forward(torch.randn(1, 3, 224, 224)).shape == (1, 192)
 
 
@@ -192,9 +199,10 @@ def test_sentence_encoder_from_a_local_directory_fine_tunes_and_trains(
     states = encoder.cached_input(["a cat on a mat", "two dogs"])
     assert states.shape == (2, 16, 32) and encoder.encode(states).shape == (2, 32)
     with pytest.raises(ValueError, match=r"sentence_trainable_layers must be in \[0, 2\]"):
-        SentenceEncoder(str(folder), trainable_layers=3)
+        SentenceEncoder(str(folder), trainable_layers=3, max_tokens=16)
     cfg = compose_train(
-        f"model.sentence_encoder={folder}", "model.sentence_trainable_layers=1", "model/image_encoder=small_cnn",
+        "model.text_encoder=sentence", f"model.sentence_model={folder}", "model.sentence_trainable_layers=1",
+        "model/image_encoder=small_cnn",
         "trainer.max_epochs=1",
     )  # fmt: skip
     metrics = train(cfg)
@@ -213,9 +221,9 @@ def test_sentence_encoder_not_available_offline_names_it_the_cache_and_the_direc
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(OSError, match="all-mpnet-base-v2") as caught:
-        SentenceEncoder("all-mpnet-base-v2")
+        SentenceEncoder("all-mpnet-base-v2", trainable_layers=0, max_tokens=48)
     message = str(caught.value)
     assert "sentence-transformers/all-mpnet-base-v2" in message and str(tmp_path / "hub") in message
-    assert "model.sentence_encoder=/path/to/model" in message
-    with pytest.raises(FileNotFoundError, match="model.sentence_encoder=/no/such/dir: no such directory"):
+    assert "model.sentence_model=/path/to/model" in message
+    with pytest.raises(FileNotFoundError, match="model.sentence_model=/no/such/dir: no such directory"):
         sentence_source("/no/such/dir")

@@ -145,8 +145,12 @@ def test_extraction_names_the_image_and_csv_line_in_one_line(data: Path) -> None
     dm.setup("fit")
     victim = dm.tables["train"].iloc[3]
     truncate(Path(victim["path"]))
+    encoder = ImageEncoder(
+        name="small_cnn", weights=None, pretrained=False, freeze=True, dropout=0.0, trainable_blocks=0,
+        label_attention=False, embed_dim=4, num_labels=19,
+    )  # fmt: skip
     with pytest.raises(DataFormatError) as exc:
-        prepare_inputs(dm, ImageEncoder("small_cnn", embed_dim=4, pretrained=False))
+        prepare_inputs(dm, encoder)
     message = str(exc.value)
     assert "\n" not in message and "Traceback" not in message, message
     assert str(victim["path"]) in message

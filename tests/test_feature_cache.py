@@ -214,7 +214,11 @@ def test_train_rows_subset_keeps_validation_and_reuses_the_whole_csv_cache(
             train_rows=train_rows,
         )
         dm.setup("fit")
-        prepare_inputs(dm, ImageEncoder("small_cnn", embed_dim=4, pretrained=False))
+        encoder = ImageEncoder(
+            name="small_cnn", weights=None, pretrained=False, freeze=True, dropout=0.0, trainable_blocks=0,
+            label_attention=False, embed_dim=4, num_labels=19,
+        )  # fmt: skip
+        prepare_inputs(dm, encoder)
         return dm
 
     torch.manual_seed(0)

@@ -10,9 +10,48 @@ import pytest
 import torch
 
 from mlcap.batch import Batch
-from mlcap.models.caption_encoder import CaptionEncoder
+from mlcap.models.caption_encoder import RNNCaptionEncoder
 from mlcap.models.fusion import FusionNet, inference_size_bytes
-from mlcap.models.image_encoders import ImageEncoder, MissingWeightsError, backbone_stages, build_backbone
+from mlcap.models.image_encoders import (
+    PRESETS,
+    ImageEncoder,
+    MissingWeightsError,
+    backbone_stages,
+    build_backbone,
+)
+from mlcap.models.sentence_encoder import SentenceEncoder
+from mlcap.settings import IMAGE_PRESETS
+
+
+def _rnn(**settings: object) -> RNNCaptionEncoder:
+    """A small RNN caption encoder over a 20-word vocabulary; `settings` replace the values below."""
+    values: dict = {"vocab_size": 20, "word_dim": 8, "hidden_dim": 6, "embed_dim": 5, "rnn": "gru"}
+    values |= {"attention": True, "pooling": "last", "dropout": 0.2, "word_vectors": None}
+    return RNNCaptionEncoder(**(values | settings))
+
+
+def _image(name: str = "small_cnn", **settings: object) -> ImageEncoder:
+    """An image encoder with conf/model/image_encoder's settings spelled out; `settings` replace them."""
+    values: dict = {
+        "name": name,
+        "weights": None,
+        "pretrained": name != "small_cnn",
+        "freeze": name != "small_cnn",
+    }
+    values |= {
+        "dropout": 0.0,
+        "trainable_blocks": 0,
+        "label_attention": False,
+        "embed_dim": 5,
+        "num_labels": 19,
+    }
+    return ImageEncoder(**(values | settings))
+
+
+def _fusion(image: ImageEncoder, rnn: RNNCaptionEncoder | None, **settings: object) -> FusionNet:
+    values: dict = {"sentence_encoder": None, "num_labels": 19, "embed_dim": 5, "batch_norm": True}
+    values |= {"dropout": 0.2, "aux_heads": False}
+    return FusionNet(image_encoder=image, rnn_encoder=rnn, **(values | settings))
 
 
 def _batch(n: int = 4, size: int = 32, vocab: int = 20, steps: int = 7) -> Batch:
@@ -27,9 +66,7 @@ def _batch(n: int = 4, size: int = 32, vocab: int = 20, steps: int = 7) -> Batch
 @pytest.mark.parametrize(("attention", "pooling"), [(True, "last"), (False, "last"), (False, "mean")])
 def test_caption_encoder_shapes_and_padding_invariance(rnn: str, attention: bool, pooling: str) -> None:
     torch.manual_seed(0)
-    encoder = CaptionEncoder(
-        20, word_dim=8, hidden_dim=6, embed_dim=5, rnn=rnn, attention=attention, pooling=pooling
-    )
+    encoder = _rnn(rnn=rnn, attention=attention, pooling=pooling)
     encoder.eval()
     batch = _batch()
     out = encoder(batch.tokens, batch.lengths)
@@ -41,32 +78,31 @@ def test_caption_encoder_shapes_and_padding_invariance(rnn: str, attention: bool
 
 def test_caption_encoder_uses_word_vectors() -> None:
     init = torch.randn(20, 8)
-    encoder = CaptionEncoder(20, word_dim=8, hidden_dim=6, embed_dim=5, embedding_init=init)
+    encoder = _rnn(word_vectors=init)
     torch.testing.assert_close(encoder.embedding.weight.detach(), init)
     with pytest.raises(ValueError, match="expected"):
-        CaptionEncoder(20, word_dim=9, hidden_dim=6, embed_dim=5, embedding_init=init)
+        _rnn(word_dim=9, word_vectors=init)
 
 
 def test_fusion_image_only_and_batch_norm_switch() -> None:
-    image = ImageEncoder("small_cnn", embed_dim=5, pretrained=False, freeze=False)
-    caption = CaptionEncoder(20, word_dim=8, hidden_dim=6, embed_dim=5)
-    fused = FusionNet(image, caption, num_labels=19, embed_dim=5, batch_norm=True)
+    image = _image()
+    fused = _fusion(image, _rnn())
     assert fused(_batch()).shape == (4, 19)
-    image_only = FusionNet(image, None, num_labels=19, embed_dim=5, batch_norm=False)
+    image_only = _fusion(image, None, batch_norm=False)
     assert image_only(_batch()).shape == (4, 19)
     assert isinstance(image_only.norm, torch.nn.Identity)
     assert inference_size_bytes(image_only) < inference_size_bytes(fused)
 
 
 def test_frozen_backbone_stays_in_eval_and_cached_features_match() -> None:
-    encoder = ImageEncoder("efficientnet_lite0", embed_dim=5, pretrained=True, freeze=True)
+    encoder = _image("efficientnet_lite0")
     encoder.train()
     assert not encoder.backbone.training
     assert not any(p.requires_grad for p in encoder.backbone.parameters())
     images = _batch(size=64).images
     with torch.no_grad():
         features = encoder.backbone(images)
-        torch.testing.assert_close(encoder(images), encoder.forward_features(features))
+        torch.testing.assert_close(encoder(images), encoder.embed_cached(features))
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
@@ -114,11 +150,12 @@ def test_missing_torchvision_weights_say_what_to_do(monkeypatch: pytest.MonkeyPa
 def test_unknown_encoder_lists_choices() -> None:
     with pytest.raises(ValueError, match="small_cnn"):
         build_backbone("vgg")
+    assert set(PRESETS) == set(IMAGE_PRESETS)  # settings.py's torch-free copy checks names before any work
 
 
 def test_partial_fine_tuning_trains_only_the_top_stages_on_the_cached_map() -> None:
     torch.manual_seed(0)
-    encoder = ImageEncoder("efficientnet_lite0", embed_dim=5, pretrained=True, trainable_blocks=2)
+    encoder = _image("efficientnet_lite0", trainable_blocks=2)
     encoder.train()
     top = [*encoder.backbone.blocks[6].parameters(), *encoder.backbone.conv_head.parameters()]
     assert all(p.requires_grad for p in top)
@@ -131,37 +168,28 @@ def test_partial_fine_tuning_trains_only_the_top_stages_on_the_cached_map() -> N
     assert cached.shape == (4, 192, 2, 2)  # the input of the last MBConv stage at 64x64
     encoder.eval()
     with torch.no_grad():
-        torch.testing.assert_close(encoder(images), encoder.forward_features(cached))
+        torch.testing.assert_close(encoder(images), encoder.embed_cached(cached))
     # Training the top must not change what the cache holds, so its key stays the same.
     encoder.train()
-    loss = encoder.forward_features(cached).sum()
+    loss = encoder.embed_cached(cached).sum()
     loss.backward()
     torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=0.1).step()
     assert encoder.cache_fingerprint() == fingerprint
-    assert (
-        ImageEncoder("efficientnet_lite0", embed_dim=5, trainable_blocks=1).cache_fingerprint() != fingerprint
-    )
+    assert _image("efficientnet_lite0", trainable_blocks=1).cache_fingerprint() != fingerprint
 
 
 def test_label_attention_pooling_adds_per_label_logits() -> None:
     torch.manual_seed(0)
-    encoder = ImageEncoder(
-        "small_cnn", embed_dim=5, pretrained=False, pooling="label_attention", num_labels=19
-    )
+    encoder = _image(label_attention=True)
     embedding, label_logits = encoder.encode(images=_batch().images)
     assert embedding.shape == (4, 5) and label_logits is not None and label_logits.shape == (4, 19)
-    fused = FusionNet(encoder, CaptionEncoder(20, word_dim=8, hidden_dim=6, embed_dim=5), 19, embed_dim=5)
-    assert fused(_batch()).shape == (4, 19)
-    with pytest.raises(ValueError, match="num_labels"):
-        ImageEncoder("small_cnn", embed_dim=5, pretrained=False, pooling="label_attention")
+    assert _fusion(encoder, _rnn())(_batch()).shape == (4, 19)
     with pytest.raises(ValueError, match="trainable_blocks"):
-        ImageEncoder("small_cnn", embed_dim=5, pretrained=False, trainable_blocks=9)
+        _image(freeze=True, trainable_blocks=9)
 
 
 def test_sentence_encoder_is_stored_in_half_precision_and_embeds_like_minilm() -> None:
-    from mlcap.models.sentence_encoder import SentenceEncoder
-
-    encoder = SentenceEncoder("minilm")
+    encoder = SentenceEncoder("minilm", trainable_layers=0, max_tokens=48)
     assert encoder.dim == 384
     assert all(p.dtype == torch.float16 for p in encoder.parameters())
     # 22.7M weights at 2 bytes: within the 100 MB budget next to Lite0.
@@ -174,8 +202,6 @@ def test_sentence_encoder_is_stored_in_half_precision_and_embeds_like_minilm() -
 
 
 def test_sentence_encoder_fine_tunes_its_top_layers_on_cached_token_states() -> None:
-    from mlcap.models.sentence_encoder import SentenceEncoder
-
     captions = ["a man riding a horse", "a plate of pizza on a table next to a glass of wine and a fork"]
     encoder = SentenceEncoder("minilm", trainable_layers=2, max_tokens=24)
     top = {id(p) for layer in encoder.top_layers for p in layer.parameters()}
@@ -191,7 +217,7 @@ def test_sentence_encoder_fine_tunes_its_top_layers_on_cached_token_states() -> 
     with torch.no_grad():
         torch.testing.assert_close(encoder.encode(cached), encoder.embed(captions).float(), atol=2e-3, rtol=0)
     fingerprint = encoder.cache_fingerprint()
-    assert fingerprint != SentenceEncoder("minilm").cache_fingerprint()
+    assert fingerprint != SentenceEncoder("minilm", trainable_layers=0, max_tokens=24).cache_fingerprint()
     assert fingerprint != SentenceEncoder("minilm", trainable_layers=3, max_tokens=24).cache_fingerprint()
     encoder.train()
     encoder.encode(cached).sum().backward()
@@ -200,12 +226,10 @@ def test_sentence_encoder_fine_tunes_its_top_layers_on_cached_token_states() -> 
         next(iter(encoder.top_layers[0].parameters())).add_(1.0)
     assert encoder.cache_fingerprint() == fingerprint
     with pytest.raises(ValueError, match="sentence_trainable_layers"):
-        SentenceEncoder("minilm", trainable_layers=7)
+        SentenceEncoder("minilm", trainable_layers=7, max_tokens=24)
 
 
 def test_sentence_encoder_warns_when_captions_are_truncated(caplog: pytest.LogCaptureFixture) -> None:
-    from mlcap.models.sentence_encoder import SentenceEncoder
-
     encoder = SentenceEncoder("minilm", trainable_layers=1, max_tokens=8)
     long = "a man riding a horse down a busy street past parked cars and a bus"
     with caplog.at_level(logging.WARNING, logger="mlcap.models.sentence_encoder"):

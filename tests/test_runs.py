@@ -252,7 +252,30 @@ def test_a_folder_in_use_is_refused(tmp_path: Path) -> None:
         ),
         (["tta=true", "data.cache_views=1"], "tta=true averages the cached flip views"),
         (["tta=true", "model/image_encoder=small_cnn"], "model.image_encoder.freeze=true"),
-        (["model.sentence_trainable_layers=2"], "model.sentence_encoder=null"),
+        (
+            ["model.sentence_trainable_layers=2"],
+            "but model.text_encoder=rnn has none; set model.text_encoder=sentence or rnn+sentence",
+        ),
+        (
+            ["model.text_encoder=gru"],
+            "model.text_encoder='gru' is not allowed: it must be one of rnn, sentence, rnn+sentence",
+        ),
+        (
+            ["model.loss=asl"],
+            "model.loss='asl' is not allowed: choose it with model/loss=asl (a config group",
+        ),
+        (
+            ["model.scheduler=onecycle"],
+            "model.scheduler='onecycle' is not allowed: choose it with model/scheduler=onecycle",
+        ),
+        (
+            ["model.optimizer.weight_decay=-1"],
+            "model.optimizer.weight_decay=-1.0 is not allowed: it must be >= 0.0",
+        ),
+        (
+            ["model.optimizer._partial_=false"],
+            "model.optimizer._partial_=false is not allowed: it must be true",
+        ),
         (["data=comp5329"], "data.root is required"),
         (
             ["data=comp5329", "data.root=/no/such/folder"],

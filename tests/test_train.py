@@ -1,4 +1,4 @@
-"""End-to-end training and prediction on tiny demo data, the study's ablation switches, and bad inputs."""
+"""End-to-end training and prediction on tiny demo data, each input path, the study's setups, and bad inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,15 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlcap.data.comp5329 import DataFormatError, read_captions_csv
 from mlcap.data.datamodule import split_indices
-from mlcap.models.image_encoders import ImageEncoder
+from mlcap.models.image_encoders import build_backbone
 from mlcap.predict import predict
 from mlcap.settings import validate
-from mlcap.train import build_datamodule, build_model, train
-
-
-def _compose(config: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """conftest.compose_config as the ablation-switch tests below call it."""
-    return compose_config(config, *overrides, output_dir=output_dir)
+from mlcap.train import build_datamodule, train
 
 
 def _predict_scored(checkpoint: str, root: Path, tmp_path: Path, *extra: str) -> dict:
@@ -176,104 +170,34 @@ def test_calibrated_thresholds_are_stored_in_the_checkpoint(trained_run: tuple[P
     assert checkpoint["hyper_parameters"]["threshold"] == metrics["threshold"]
 
 
-@pytest.fixture(scope="module")
-def tiny_datamodule(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple]:
-    """Build (config, model) for overrides without training: one read of the tiny demo for all switches."""
-    cache = tmp_path_factory.mktemp("switches") / "cache"
-    base_cfg = _compose("train", fast_overrides(tiny_demo, cache), cache.parent / "run")
-    datamodule = build_datamodule(base_cfg)
-
-    def _build(*overrides: str) -> tuple[DictConfig, torch.nn.Module]:
-        cfg = _compose("train", [*fast_overrides(tiny_demo, cache), *overrides], cache.parent / "run")
-        torch.manual_seed(0)
-        return cfg, build_model(cfg, datamodule)
-
-    return _build
-
-
-def _count(module: torch.nn.Module, kind: type) -> int:
-    return sum(isinstance(m, kind) for m in module.modules())
-
-
-def test_each_ablation_switch_changes_the_network(tiny_datamodule: Callable[..., tuple]) -> None:
-    """Each study switch reaches the network it names: modules, parameter counts, the loss, the embedding."""
-    _, base = tiny_datamodule()
-    caption = base.net.caption_encoder
-    assert caption.attention is not None and isinstance(caption.rnn, torch.nn.GRU)
-    assert _count(base.net, torch.nn.BatchNorm1d) == 1
-    _, no_attention = tiny_datamodule("model.attention=false")
-    assert no_attention.net.caption_encoder.attention is None
-    _, mean_lstm = tiny_datamodule("model.attention=false", "model.pooling=mean", "model.rnn=lstm")
-    assert isinstance(mean_lstm.net.caption_encoder.rnn, torch.nn.LSTM)
-    assert mean_lstm.net.caption_encoder.pooling == "mean"
-    _, no_norm = tiny_datamodule("model.batch_norm=false")
-    assert _count(no_norm.net, torch.nn.BatchNorm1d) == 0
-    _, image_only = tiny_datamodule("model.caption=false")
-    assert image_only.net.caption_encoder is None and not image_only.net.has_text
-    assert image_only.net.classifier[1].in_features == base.net.classifier[1].in_features // 2
-    _, aux = tiny_datamodule("model.aux_heads=true")
-    assert set(aux.net.aux) == {"image", "caption"}
-    _, asl = tiny_datamodule("model.loss=asl")
-    assert type(asl.loss_fn).__name__ == "AsymmetricLossMultiLabel"
-    _, weighted = tiny_datamodule("model.loss=weighted_bce")
-    assert weighted.loss_fn.pos_weight is not None and float(weighted.loss_fn.pos_weight.max()) > 1.0
-    _, cnn = tiny_datamodule("model/image_encoder=small_cnn")
-    assert cnn.net.image_encoder.name == "small_cnn" and not cnn.net.image_encoder.freeze
-    _, tta = tiny_datamodule("tta=true", "data.cache_views=4")
-    assert tta.hparams["tta"] is True
-
-
-def test_table4_sizes_reach_the_layers(tiny_datamodule: Callable[..., tuple]) -> None:
-    _, model = tiny_datamodule("model.hidden_dim=24", "model.word_dim=12", "model.embed_dim=40")
-    caption = model.net.caption_encoder
-    assert caption.rnn.hidden_size == 24 and caption.embedding.embedding_dim == 12
-    assert caption.dense[0].out_features == 40 and model.net.image_encoder.head[1].out_features == 40
-    cfg, _ = tiny_datamodule("lr=0.03", "data.batch_size=16")
-    assert hydra.utils.instantiate(cfg.data).batch_size == 16
-    assert model.hparams["lr"] != 0.03 and tiny_datamodule("lr=0.03")[1].hparams["lr"] == 0.03
-
-
-def test_word_vector_switches_change_the_initial_embedding(tiny_datamodule: Callable[..., tuple]) -> None:
-    """fasttext_sg, word2vec_sg, word2vec_cbow and none give four different initial embeddings."""
-    weights = {
-        name: tiny_datamodule(f"model.word_vectors={name}")[1].net.caption_encoder.embedding.weight.detach()
-        for name in ("fasttext_sg", "word2vec_sg", "word2vec_cbow", "none")
-    }
-    names = list(weights)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            assert not torch.allclose(weights[a], weights[b]), (a, b)
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["model.attention=false", "model.pooling=mean", "model.rnn=lstm"],
-        ["model.caption=false"],
-        ["model.aux_heads=true", "tta=true", "data.cache_views=4"],
-        ["model.loss=weighted_bce", "threshold_calibration=global"],
-        ["model.sentence_encoder=minilm", "model.aux_heads=true"],
-        ["model.sentence_encoder=minilm", "model.caption=false", "data.cache=false"],
+        ["model.text_encoder=rnn+sentence", "model.aux_heads=true", "tta=true", "data.cache_views=4"],
         [
-            "model.sentence_encoder=minilm",
-            "model.sentence_trainable_layers=1",
-            "model.sentence_lr_scale=0.1",
-            "model.sentence_max_tokens=16",
-            "model.scheduler=onecycle",
+            "model.text_encoder=sentence",
+            "data.cache=false",
+            "model/loss=weighted_bce",
+            "threshold_calibration=global",
         ],
-        ["model/image_encoder=small_cnn"],  # trainable backbone: images decoded every step, no cache
+        ["model/image_encoder=small_cnn", "model/loss=asl"],
     ],
-    ids=lambda o: ",".join(o),
+    ids=["sentence-embeddings-cached,aux-heads,flip-views", "sentence-uncached", "decoded-images"],
 )
-def test_ablation_switches_train(compose_train: Callable[..., DictConfig], overrides: list[str]) -> None:
-    """Each data path (cached features, decoded images, sentence embeddings, token states) trains a step
-    and is evaluated; the trainable parameters are those the switch implies."""
+def test_each_input_path_trains_a_step(
+    compose_train: Callable[..., DictConfig], overrides: list[str]
+) -> None:
+    """The data paths no other test trains on (cached and uncached sentence embeddings, decoded images) run a
+    training step and an evaluation; what each switch builds is tested without training in
+    test_model_switches.py."""
     metrics = train(compose_train("trainer.fast_dev_run=true", *overrides))
     assert metrics["epochs"] == 1 and metrics["threshold_calibration"] in ("none", "global")
     frozen_backbone = "model/image_encoder=small_cnn" not in overrides
     assert (metrics["trainable_parameters"] < metrics["parameters"]) == frozen_backbone
-    if "model.sentence_trainable_layers=1" in overrides:
-        assert metrics["trainable_parameters"] > 1_000_000  # one MiniLM layer (1.8M) trains
+
+
+def test_batch_size_reaches_the_data(compose_train: Callable[..., DictConfig]) -> None:
+    assert build_datamodule(compose_train("data.batch_size=16")).batch_size == 16
 
 
 def test_experiment_paper_is_the_study_setup() -> None:
@@ -409,8 +333,8 @@ def test_checkpoint_backbone_has_the_training_fingerprint(trained_run: tuple[Pat
 
     _, metrics = trained_run
     loaded = MultiLabelClassifier.load_from_checkpoint(metrics["checkpoint"], load_pretrained=False)
-    fresh = ImageEncoder("efficientnet_lite0", embed_dim=8, pretrained=True, freeze=True)
-    assert state_fingerprint(loaded.net.image_encoder.backbone) == state_fingerprint(fresh.backbone)
+    fresh = build_backbone("efficientnet_lite0", pretrained=True)
+    assert state_fingerprint(loaded.net.image_encoder.backbone) == state_fingerprint(fresh.module)
 
 
 def test_partial_fine_tuning_on_cached_maps_trains_and_predicts(tiny_demo: Path, tmp_path: Path) -> None:
@@ -420,14 +344,14 @@ def test_partial_fine_tuning_on_cached_maps_trains_and_predicts(tiny_demo: Path,
         "data.image_size=[32,48]",
         "data.cache_views=2",
         "model.image_encoder.trainable_blocks=1",
-        "model.image_encoder.pooling=label_attention",
+        "model.image_encoder.label_attention=true",
         "model.backbone_lr_scale=0.5",
-        "model.scheduler=onecycle",
+        "model/scheduler=onecycle",
         "trainer.max_epochs=2",
     ]
     metrics = train(compose_config("train", *overrides, output_dir=tmp_path / "run"))
     # The top stage (Lite0's head conv and its norm) trained; every stage below is still the pretrained one.
-    pretrained = ImageEncoder("efficientnet_lite0", embed_dim=8, pretrained=True).backbone.state_dict()
+    pretrained = build_backbone("efficientnet_lite0", pretrained=True).module.state_dict()
     state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     prefix = "net.image_encoder.backbone."
     trained = {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}

@@ -1,4 +1,4 @@
-"""Caption encoder of the study: word embeddings -> bidirectional GRU/LSTM -> attention pooling -> dense."""
+"""The study's caption encoder: word embeddings -> bidirectional GRU/LSTM -> attention pooling -> dense."""
 
 from __future__ import annotations
 
@@ -24,42 +24,45 @@ class AttentionPooling(nn.Module):
         return torch.bmm(weights.unsqueeze(1), states).squeeze(1)
 
 
-class CaptionEncoder(nn.Module):
-    """Token ids -> one text embedding per caption.
+RNNS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
 
-    `pooling` decides how time steps become one vector when attention is off: the final hidden states of both
-    directions ("last", the study's no-attention baseline) or the mean over real tokens ("mean").
+
+class RNNCaptionEncoder(nn.Module):
+    """Token ids -> one text embedding per caption: word vectors, a bidirectional GRU (or LSTM), attention
+    pooling over its states (or, without attention, `pooling`: the final states of both directions, "last",
+    the study's baseline, or the mean over real tokens, "mean"), then a dense layer.
+
+    The arguments are model.* keys of conf/model/fusion.yaml (their defaults live there); `word_vectors` is
+    the initial embedding matrix [vocab_size, word_dim] (None: random).
     """
 
     def __init__(
         self,
+        *,
         vocab_size: int,
-        word_dim: int = 150,
-        hidden_dim: int = 128,
-        embed_dim: int = 256,
-        rnn: str = "gru",
-        attention: bool = True,
-        pooling: str = "last",
-        dropout: float = 0.2,
-        embedding_init: torch.Tensor | None = None,
-        freeze_embeddings: bool = False,
+        word_dim: int,
+        hidden_dim: int,
+        embed_dim: int,
+        rnn: str,
+        attention: bool,
+        pooling: str,
+        dropout: float,
+        word_vectors: torch.Tensor | None,
     ) -> None:
         super().__init__()
-        if rnn not in ("gru", "lstm"):
-            raise ValueError(f"model.rnn must be 'gru' or 'lstm', got {rnn!r}")
+        if rnn not in RNNS:
+            raise ValueError(f"model.rnn must be one of {', '.join(RNNS)}, got {rnn!r}")
         if pooling not in ("last", "mean"):
-            raise ValueError(f"model.pooling must be 'last' or 'mean', got {pooling!r}")
+            raise ValueError(f"model.rnn_pooling must be 'last' or 'mean', got {pooling!r}")
         self.embedding = nn.Embedding(vocab_size, word_dim, padding_idx=0)
-        if embedding_init is not None:
-            if tuple(embedding_init.shape) != (vocab_size, word_dim):
+        if word_vectors is not None:
+            if tuple(word_vectors.shape) != (vocab_size, word_dim):
                 raise ValueError(
-                    f"word vectors have shape {tuple(embedding_init.shape)}, expected {(vocab_size, word_dim)}"
+                    f"word vectors have shape {tuple(word_vectors.shape)}, expected {(vocab_size, word_dim)}"
                 )
             with torch.no_grad():
-                self.embedding.weight.copy_(embedding_init)
-        self.embedding.weight.requires_grad_(not freeze_embeddings)
-        rnn_cls = nn.GRU if rnn == "gru" else nn.LSTM
-        self.rnn = rnn_cls(word_dim, hidden_dim, batch_first=True, bidirectional=True)
+                self.embedding.weight.copy_(word_vectors)
+        self.rnn = RNNS[rnn](word_dim, hidden_dim, batch_first=True, bidirectional=True)
         self.attention = AttentionPooling(2 * hidden_dim) if attention else None
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 import urllib.error
@@ -39,8 +40,6 @@ class Backbone:
 
 
 EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-# The built-in encoders (`weights: null` in their config files): fixed weights sources, hand-made stage splits.
-PRESETS = (*EFFICIENTNET_LITES, "resnext50", "resnet50", "small_cnn")
 HUB, NO_WEIGHTS = "hub", "none"
 
 
@@ -118,6 +117,25 @@ class SmallCNN(nn.Module):
         return self.layers(images)
 
 
+def _small_cnn(pretrained: bool) -> Backbone:
+    cnn = SmallCNN()
+    return Backbone(cnn, cnn.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random", (64, 64))
+
+
+# The built-in encoders (`weights: null` in their config files): fixed weights sources, hand-made stage splits.
+_PRESET_BUILDERS: dict[str, Callable[[bool], Backbone]] = {
+    **{name: functools.partial(_efficientnet_lite, name) for name in EFFICIENTNET_LITES},
+    "resnext50": lambda pretrained: _torchvision_resnet(
+        torchvision.models.resnext50_32x4d, torchvision.models.ResNeXt50_32X4D_Weights, pretrained
+    ),
+    "resnet50": lambda pretrained: _torchvision_resnet(
+        torchvision.models.resnet50, torchvision.models.ResNet50_Weights, pretrained
+    ),
+    "small_cnn": _small_cnn,
+}
+PRESETS = tuple(_PRESET_BUILDERS)
+
+
 def build_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> Backbone:
     """Build a backbone: a built-in preset (`weights=None`) or any timm model with `weights` hub|none|<file>.
 
@@ -125,22 +143,12 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | None = Non
     """
     if weights is not None:
         return timm_backbone(name, weights if pretrained else NO_WEIGHTS)
-    if name in EFFICIENTNET_LITES:
-        return _efficientnet_lite(name, pretrained)
-    if name == "resnext50":
-        tv = torchvision.models
-        return _torchvision_resnet(tv.resnext50_32x4d, tv.ResNeXt50_32X4D_Weights, pretrained)
-    if name == "resnet50":
-        return _torchvision_resnet(
-            torchvision.models.resnet50, torchvision.models.ResNet50_Weights, pretrained
+    if name not in _PRESET_BUILDERS:
+        raise ValueError(
+            f"Unknown built-in image encoder {name!r}; choose one of {', '.join(PRESETS)}, or any timm model "
+            f"with model/image_encoder=timm model.image_encoder.name={name}"
         )
-    if name == "small_cnn":
-        cnn = SmallCNN()
-        return Backbone(cnn, cnn.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "random", (64, 64))
-    raise ValueError(
-        f"Unknown built-in image encoder {name!r}; choose one of {', '.join(PRESETS)}, or any timm model with "
-        f"model/image_encoder=timm model.image_encoder.name={name}"
-    )
+    return _PRESET_BUILDERS[name](pretrained)
 
 
 def timm_backbone(name: str, weights: str) -> Backbone:
@@ -261,7 +269,7 @@ _HEAD_CHILDREN = ("global_pool", "head", "fc", "classifier", "head_drop", "fc_no
 def timm_stages(name: str, model: nn.Module) -> list[nn.Module]:
     """A timm model's children, flattened where a feature stage sits inside a Sequential, cut after each
     `feature_info` module; what follows the last one up to the head joins the last stage. Checked on a random
-    image against `forward_features`: models whose forward is not a chain of children (e.g. ViTs' position
+    image against timm's `forward_features`: models whose forward is not a chain of children (e.g. ViTs' position
     embedding) are refused with a clear error instead of training on a wrong map."""
     marks = {info["module"] for info in model.feature_info}
     children: list[tuple[str, nn.Module]] = []
@@ -306,8 +314,9 @@ def _check_chain(name: str, model: nn.Module, stages: list[nn.Module]) -> None:
     if not fits:
         raise ValueError(
             f"timm {name} is not a chain of stages ending in a [batch, channels, height, width] map, so "
-            "model.image_encoder.trainable_blocks and pooling=label_attention are not available for it; use "
-            "trainable_blocks=0 with pooling=avg (frozen, cached) or freeze=false (end-to-end fine-tuning)"
+            "model.image_encoder.trainable_blocks and label_attention are not available for it; use "
+            "trainable_blocks=0 with label_attention=false (frozen, cached) or freeze=false (end-to-end "
+            "fine-tuning)"
         )
 
 
@@ -336,22 +345,24 @@ class ImageEncoder(nn.Module):
 
     With `freeze=True` the backbone's bottom never trains and stays in eval mode (batch-norm statistics
     included), which is what lets the data side cache its output: `cached_forward` computes what is cached,
-    `forward_features` the rest. `trainable_blocks` > 0 trains the top stages (from their pretrained weights) on
-    the cached spatial map of the stage below; `pooling="label_attention"` keeps the map and adds per-label
-    attention logits beside the global average (`label_logits`).
+    `embed_cached` the embedding from it. `trainable_blocks` > 0 trains the top stages (from their pretrained
+    weights) on the cached spatial map of the stage below; `label_attention` keeps the map and adds per-label
+    attention logits beside the global average (`encode`'s second output). The arguments are the keys of
+    conf/model/image_encoder (their defaults live there), plus `embed_dim` and `num_labels` from the model.
     """
 
     def __init__(
         self,
-        name: str = "efficientnet_lite0",
-        embed_dim: int = 256,
-        pretrained: bool = True,
-        weights: str | None = None,
-        freeze: bool = True,
-        dropout: float = 0.0,
-        trainable_blocks: int = 0,
-        pooling: str = "avg",
-        num_labels: int | None = None,
+        *,
+        name: str,
+        weights: str | None,
+        pretrained: bool,
+        freeze: bool,
+        dropout: float,
+        trainable_blocks: int,
+        label_attention: bool,
+        embed_dim: int,
+        num_labels: int,
     ) -> None:
         super().__init__()
         backbone = build_backbone(name, pretrained, weights)
@@ -360,37 +371,34 @@ class ImageEncoder(nn.Module):
         self.freeze = freeze
         self.backbone = backbone.module
         self.feature_dim = backbone.feature_dim
-        self.mean = backbone.mean
-        self.std = backbone.std
+        self.mean, self.std = backbone.mean, backbone.std
         self.weights_id = backbone.weights_id
-        self.input_size = backbone.input_size
-        self.interpolation = backbone.interpolation
+        self.input_size, self.interpolation = backbone.input_size, backbone.interpolation
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, embed_dim), nn.ReLU())
-        if pooling not in ("avg", "label_attention"):
-            raise ValueError(f"image_encoder.pooling must be avg or label_attention, got {pooling!r}")
-        self.pooling = pooling
-        self.label_pool: LabelAttentionPooling | None = None
-        if pooling == "label_attention":
-            if num_labels is None:
-                raise ValueError("image_encoder.pooling=label_attention needs num_labels")
-            self.label_pool = LabelAttentionPooling(self.feature_dim, num_labels, dropout)
-        stages = (
-            backbone_stages(name, self.backbone, self.preset) if (trainable_blocks or self.label_pool) else []
+        self.label_pool = (
+            LabelAttentionPooling(self.feature_dim, num_labels, dropout) if label_attention else None
         )
-        if trainable_blocks and not freeze:
+        self._split(trainable_blocks)
+
+    def _split(self, trainable_blocks: int) -> None:
+        """Cut the backbone into a frozen, cached bottom and `trainable_blocks` top stages that train."""
+        needs_map = trainable_blocks or self.label_pool is not None
+        stages = backbone_stages(self.name, self.backbone, self.preset) if needs_map else []
+        if trainable_blocks and not self.freeze:
             raise ValueError(
                 "image_encoder.trainable_blocks needs freeze=true (without it everything trains)"
             )
         if not 0 <= trainable_blocks < max(len(stages), 1):
             raise ValueError(
-                f"image_encoder.trainable_blocks must be in [0, {len(stages) - 1}] for {name}, got {trainable_blocks}"
+                f"image_encoder.trainable_blocks must be in [0, {len(stages) - 1}] for {self.name}, "
+                f"got {trainable_blocks}"
             )
         self.trainable_blocks = trainable_blocks
         cut = len(stages) - trainable_blocks
         # Plain lists, not submodules: the stages already live (and are saved) inside `self.backbone`.
         self._bottom = stages[:cut]
         self._top = stages[cut:]
-        if freeze:
+        if self.freeze:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
             for stage in self._top:
@@ -457,6 +465,6 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(images=images)[0]
 
-    def forward_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Project precomputed (cached) backbone features."""
+    def embed_cached(self, features: torch.Tensor) -> torch.Tensor:
+        """The embedding from what `cached_forward` computed (the feature cache's content)."""
         return self.encode(features=features)[0]

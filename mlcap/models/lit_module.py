@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
-from timm.loss import AsymmetricLossMultiLabel
-from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
 
 from mlcap.batch import Batch
+from mlcap.checkpoints import LAYOUT, LAYOUT_KEY, check_checkpoint
+from mlcap.data.metadata import DataMetadata
 from mlcap.metrics import SamplesF1, decide_labels
-from mlcap.models.caption_encoder import CaptionEncoder
-from mlcap.models.fusion import FusionNet
-from mlcap.models.sentence_encoder import SentenceEncoder
+from mlcap.models.fusion import build_fusion_net
+from mlcap.settings import model_settings
 
 
 def _metric_collection(num_labels: int, prefix: str) -> MetricCollection:
@@ -31,107 +30,57 @@ def _metric_collection(num_labels: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
-def build_loss(name: str, pos_weight: Sequence[float] | None = None) -> nn.Module:
-    """BCE (the study's), positive-weighted BCE, or the asymmetric loss (ASL, timm's implementation)."""
-    if name == "bce":
-        return nn.BCEWithLogitsLoss()
-    if name == "weighted_bce":
-        if pos_weight is None:
-            raise ValueError(
-                "model.loss=weighted_bce needs pos_weight (train.py computes it from the train split)"
-            )
-        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, dtype=torch.float32))
-    if name == "asl":
-        return AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=0, clip=0.05)
-    raise ValueError(f"model.loss must be bce, weighted_bce or asl, got {name!r}")
-
-
 class MultiLabelClassifier(pl.LightningModule):
-    """Image + caption multi-label classifier.
+    """Image + caption multi-label classifier, built from the model config (conf/model, resolved).
 
-    Every constructor argument except `embedding_init` and `load_pretrained` is saved in the checkpoint, so a
-    checkpoint alone rebuilds the model (vocabulary, label ids, threshold and preprocessing included).
+    `model`: cfg.model as a plain dict: its own knobs (read through `mlcap.settings.model_settings`) and the
+    `_target_` nodes of its parts (image_encoder, loss; optimizer and scheduler, `_partial_`). `data`: the
+    training data's `DataMetadata.to_dict()` (label ids, vocabulary, preprocessing). `threshold` and `tta` are
+    the top-level keys of the same names. These four are the checkpoint's hyper-parameters, plain containers,
+    so a checkpoint alone rebuilds the model; `embedding_init` (the initial word vectors) and
+    `load_pretrained` (False: skip loading pretrained weights that the checkpoint's tensors replace) are not.
     """
 
     def __init__(
         self,
         *,
-        label_ids: Sequence[int],
-        vocab_tokens: Sequence[str],
-        image_encoder: DictConfig | dict[str, Any],
-        caption: bool = True,
-        word_vectors: str = "fasttext_sg",
-        word_dim: int = 150,
-        hidden_dim: int = 128,
-        embed_dim: int = 256,
-        rnn: str = "gru",
-        attention: bool = True,
-        pooling: str = "last",
-        batch_norm: bool = True,
-        dropout: float = 0.2,
-        lr: float = 3e-4,
-        weight_decay: float = 0.0,
-        backbone_lr_scale: float = 1.0,
-        scheduler: str = "constant",
-        threshold: float | Sequence[float] = 0.5,
-        loss: str = "bce",
-        aux_heads: bool = False,
-        sentence_encoder: str | None = None,
-        sentence_trainable_layers: int = 0,
-        sentence_lr_scale: float = 1.0,
-        sentence_max_tokens: int = 48,
-        tta: bool = False,
-        pos_weight: Sequence[float] | None = None,
-        preprocessing: dict[str, Any] | None = None,
+        model: Mapping[str, Any],
+        data: Mapping[str, Any],
+        threshold: float | Sequence[float],
+        tta: bool,
         embedding_init: torch.Tensor | None = None,
         load_pretrained: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(image_encoder, DictConfig):
-            image_encoder = OmegaConf.to_container(image_encoder, resolve=True)  # type: ignore[assignment]
         self.save_hyperparameters(ignore=["embedding_init", "load_pretrained"], logger=False)
-        self.hparams["image_encoder"] = image_encoder
-        self.label_ids = list(label_ids)
-        encoder_cfg = dict(image_encoder)
-        encoder_cfg["pretrained"] = bool(encoder_cfg.get("pretrained", True)) and load_pretrained
-        encoder_cfg["embed_dim"] = embed_dim
-        if encoder_cfg.get("pooling", "avg") == "label_attention":
-            encoder_cfg["num_labels"] = len(self.label_ids)
-        caption_encoder = (
-            CaptionEncoder(
-                vocab_size=len(vocab_tokens),
-                word_dim=word_dim,
-                hidden_dim=hidden_dim,
-                embed_dim=embed_dim,
-                rnn=rnn,
-                attention=attention,
-                pooling=pooling,
-                dropout=dropout,
-                embedding_init=embedding_init,
-            )
-            if caption
-            else None
-        )
-        self.net = FusionNet(
-            image_encoder=hydra.utils.instantiate(encoder_cfg),
-            caption_encoder=caption_encoder,
+        self.settings = model_settings(model)
+        self.metadata = DataMetadata.from_dict(data)
+        self.net = build_fusion_net(
+            self.settings,
+            model["image_encoder"],
             num_labels=len(self.label_ids),
-            embed_dim=embed_dim,
-            batch_norm=batch_norm,
-            dropout=dropout,
-            aux_heads=aux_heads,
-            sentence_encoder=(
-                SentenceEncoder(
-                    sentence_encoder,
-                    trainable_layers=sentence_trainable_layers,
-                    max_tokens=sentence_max_tokens,
-                )
-                if sentence_encoder
-                else None
-            ),
+            vocab_size=len(self.metadata.vocabulary),
+            word_vectors=embedding_init,
+            load_pretrained=load_pretrained,
         )
-        self.loss_fn = build_loss(loss, pos_weight)
+        self.loss_fn = hydra.utils.instantiate(model["loss"])
         self.val_metrics = _metric_collection(len(self.label_ids), prefix="val/")
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any
+    ) -> MultiLabelClassifier:
+        """Lightning's, after `mlcap.checkpoints.check_checkpoint`: a damaged file, or one of another mlcap
+        version's layout, is named with what to do instead of failing inside Lightning."""
+        check_checkpoint(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[LAYOUT_KEY] = LAYOUT
+
+    @property
+    def label_ids(self) -> list[int]:
+        return list(self.metadata.label_ids)
 
     @property
     def threshold(self) -> float | torch.Tensor:
@@ -146,8 +95,8 @@ class MultiLabelClassifier(pl.LightningModule):
         losses = {name: self.loss_fn(logits, batch.target) for name, logits in heads.items()}
         size = len(batch)
         self.log("train/loss", losses["fusion"], on_step=False, on_epoch=True, batch_size=size)
-        if len(losses) > 1:
-            for name in ("image", "caption"):
+        for name in ("image", "text"):
+            if name in losses:
                 self.log(
                     f"train/{name}_head_loss", losses[name], on_step=False, on_epoch=True, batch_size=size
                 )
@@ -155,7 +104,7 @@ class MultiLabelClassifier(pl.LightningModule):
         if not torch.isfinite(total):
             raise FloatingPointError(
                 f"the training loss is {float(total.detach())} at epoch {self.current_epoch}, step {self.global_step}: "
-                f"training diverged (lr={self.hparams['lr']}); lower lr or check the inputs. The run stops "
+                f"training diverged (lr={self.base_lr}); lower lr or check the inputs. The run stops "
                 "here, so no metrics are reported for it"
             )
         return total
@@ -175,37 +124,39 @@ class MultiLabelClassifier(pl.LightningModule):
         """Probabilities; thresholding belongs to the caller, which may calibrate it."""
         return torch.sigmoid(self(batch))
 
-    def configure_optimizers(self) -> Any:
-        """Adam; pretrained image-backbone stages that train get `backbone_lr_scale` x lr, pretrained sentence
-        encoder layers `sentence_lr_scale` x lr (transformers fine-tune at a far smaller rate than new heads).
+    @property
+    def base_lr(self) -> float:
+        """The base learning rate (the top-level `lr`, which the optimizer node interpolates)."""
+        return float(self.hparams["model"]["optimizer"]["lr"])
 
-        `scheduler=onecycle` warms up for 10% of the steps then anneals (cosine) to zero by `max_epochs`, which
-        suits a fixed epoch budget; `constant` is the study's.
-        """
-        lr = self.hparams["lr"]
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters by learning rate: lr for the new layers, lr x backbone_lr_scale for
+        pretrained image-backbone stages that train, lr x sentence_lr_scale for pretrained sentence-encoder
+        layers (transformers fine-tune at a far smaller rate than new heads)."""
         scales = {
-            id(p): self.hparams["backbone_lr_scale"] for p in self.net.image_encoder.backbone.parameters()
+            id(p): self.settings.backbone_lr_scale for p in self.net.image_encoder.backbone.parameters()
         }
         if self.net.sentence_encoder is not None:
-            scales |= {
-                id(p): self.hparams["sentence_lr_scale"] for p in self.net.sentence_encoder.parameters()
-            }
+            scales |= {id(p): self.settings.sentence_lr_scale for p in self.net.sentence_encoder.parameters()}
         trainable = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in trainable if id(p) not in scales], "lr": lr}]
+        groups = [{"params": [p for p in trainable if id(p) not in scales], "lr": self.base_lr}]
         for scale in sorted(set(scales.values())):
             group = [p for p in trainable if scales.get(id(p)) == scale]
-            groups.append({"params": group, "lr": lr * scale})
-        groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=self.hparams["weight_decay"])
-        name = self.hparams["scheduler"]
-        if name == "constant":
+            groups.append({"params": group, "lr": self.base_lr * scale})
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self) -> Any:
+        """model.optimizer (a `_partial_` node) over the parameter groups; model.scheduler, if any (a `_partial_`
+        node, e.g. one-cycle), called with the optimizer, each group's lr as `max_lr` and the run's optimizer
+        steps as `total_steps`, and stepped every step."""
+        groups = self.parameter_groups()
+        optimizer = hydra.utils.instantiate(self.hparams["model"]["optimizer"])(groups)
+        scheduler = self.hparams["model"]["scheduler"]
+        if scheduler is None:
             return optimizer
-        if name != "onecycle":
-            raise ValueError(f"model.scheduler must be constant or onecycle, got {name!r}")
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
+        schedule = hydra.utils.instantiate(scheduler)(
             optimizer,
             max_lr=[g["lr"] for g in groups],
             total_steps=int(self.trainer.estimated_stepping_batches),
-            pct_start=0.1,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

