@@ -18,7 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import hydra
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -28,7 +31,6 @@ from mlcap.data.datasets import image_transform  # noqa: E402
 from mlcap.data.feature_cache import extract_features  # noqa: E402
 from mlcap.data.word_vectors import train_word_vectors  # noqa: E402
 from mlcap.extraction import prepare_inputs  # noqa: E402
-from mlcap.models.image_encoders import ImageEncoder  # noqa: E402
 from mlcap.models.lit_module import MultiLabelClassifier  # noqa: E402
 
 LABEL_IDS = list(range(1, 20))
@@ -44,6 +46,12 @@ def bare_forward(backbone: torch.nn.Module, size: int, batch: int, batches: int)
     for _ in range(batches):
         backbone(images)
     return batch * batches / (time.perf_counter() - start)
+
+
+def model_config(encoder: str) -> DictConfig:
+    """The default model's config (conf/model) with another built-in image encoder."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"model.image_encoder.name={encoder}"]).model
 
 
 def epoch_seconds(model: MultiLabelClassifier, loader: torch.utils.data.DataLoader) -> float:
@@ -79,7 +87,10 @@ def main() -> None:
         f"torch {torch.__version__}"
     )
 
-    encoder = ImageEncoder(args.encoder, embed_dim=256, pretrained=True, freeze=True)
+    config = model_config(args.encoder)
+    encoder = hydra.utils.instantiate(
+        config.image_encoder, embed_dim=config.embed_dim, num_labels=len(LABEL_IDS)
+    )
     batches = max(2, args.rows // args.batch_size)
     print(
         f"1. {args.encoder} at {args.image_size}px, batch {args.batch_size} (bare forward measured right before"
@@ -120,11 +131,12 @@ def main() -> None:
 
         # 2. Same rows, same model: cached features vs. the frozen backbone recomputing them every step.
         dm.tables["train"] = dm.tables["train"].iloc[: args.rows].reset_index(drop=True)
-        vectors = train_word_vectors(dm.train_token_lists, dm.vocab, "fasttext_sg", 150)
+        vectors = train_word_vectors(dm.train_token_lists, dm.vocab, config.word_vectors, config.word_dim)
         model = MultiLabelClassifier(
-            label_ids=LABEL_IDS,
-            vocab_tokens=dm.vocab.tokens,
-            image_encoder={"_target_": "mlcap.models.image_encoders.ImageEncoder", "name": args.encoder},
+            model=OmegaConf.to_container(config, resolve=True),  # type: ignore[arg-type]
+            data=dm.metadata().to_dict(),
+            threshold=0.5,
+            tta=False,
             embedding_init=vectors,
         )
         prepare_inputs(dm, model.net.image_encoder)

@@ -17,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+import hydra
 import torch
+from hydra import compose, initialize_config_dir
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,13 @@ from mlcap.data.comp5329 import check_images, read_captions_csv  # noqa: E402
 from mlcap.data.datasets import image_transform  # noqa: E402
 from mlcap.data.feature_cache import extract_features  # noqa: E402
 from mlcap.models.image_encoders import ImageEncoder  # noqa: E402
+
+
+def default_image_encoder() -> ImageEncoder:
+    """The default model's image encoder, as conf/ composes it."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        model = compose("train").model
+    return hydra.utils.instantiate(model.image_encoder, embed_dim=model.embed_dim, num_labels=19)
 
 
 def header_only(paths: list[Path]) -> float:
@@ -75,7 +84,7 @@ def main() -> None:
         f"({len(paths) / preflight:.0f} images/s); the old header-only probe: {headers:.2f} s"
     )
 
-    encoder = ImageEncoder("efficientnet_lite0", embed_dim=256, pretrained=True, freeze=True)
+    encoder = default_image_encoder()
     sample = [root / "data" / i for i in tables["train.csv"]["image_id"][: args.rows]]
     extraction_rate(encoder, sample[:64], 1, args.image_size, args.workers)  # warm-up, not counted
     rate4 = extraction_rate(encoder, sample, 4, args.image_size, args.workers)
