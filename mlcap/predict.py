@@ -92,6 +92,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     metadata = data_metadata(model)
     log.info("predicting with %s", ckpt)
     tta = model.hparams["tta"] if cfg.get("tta") is None else bool(cfg.tta)
+    if tta and metadata.cache_views < 2:
+        raise ValueError(
+            f"tta=true averages the flip views, but {ckpt} was trained with data.cache_views="
+            f"{metadata.cache_views}: predict with tta=false, or train with data.cache_views=4"
+        )
     datamodule = prediction_data(cfg, metadata, tta)
     datamodule.prepare_data()
     datamodule.setup("predict")

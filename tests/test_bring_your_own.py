@@ -129,7 +129,7 @@ def test_timm_config_takes_the_models_input_size(compose_train: Callable[..., Di
     cfg.model.image_encoder.weights = "none"
     datamodule = build_datamodule(cfg)
     build_model(cfg, datamodule)
-    assert datamodule.image_size == (176, 176)  # resnet10t's data config (trained at 176 px)
+    assert datamodule.image_preprocessing.size == (176, 176)  # resnet10t's data config (trained at 176 px)
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ def trained_run(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
         "data.batch_size=16",
         "lr=3e-3",
         "threshold_calibration=per_class",
+        "data.cache_views=4",  # the flip views, for test-time augmentation at predict time
     ]
     return tmp / "run", train(compose_config("train", *overrides, output_dir=tmp / "run"))
 
@@ -324,6 +325,15 @@ def test_predict_with_test_time_flips(
     ]
     submissions = [pd.read_csv(result["submission"]) for result in results]
     assert (submissions[0]["Labels"] != submissions[1]["Labels"]).any()  # 8 of the 40 rows when written
+
+
+def test_predict_refuses_test_time_flips_a_checkpoint_has_no_views_for(
+    compose_train: Callable[..., DictConfig], tiny_demo: Path, tmp_path: Path
+) -> None:
+    """A 1-view checkpoint with tta=true would silently predict from the original view alone."""
+    metrics = train(compose_train("trainer.max_epochs=1", "data.cache_views=1"))
+    with pytest.raises(ValueError, match="was trained with data.cache_views=1: predict with tta=false"):
+        _predict_scored(metrics["checkpoint"], tiny_demo, tmp_path, "tta=true")
 
 
 def test_checkpoint_backbone_has_the_training_fingerprint(trained_run: tuple[Path, dict]) -> None:
