@@ -92,18 +92,13 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     finished run and resumes an interrupted one from its last checkpoint. `compared`: the keys a sweep varies
     with this job's values, shown first in TensorBoard's HPARAMS tab.
     """
-    started, started_at = time.perf_counter(), time.time()
+    clock = RunClock()
     quiet_libraries()
     settings = validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    state = check_folder(output_dir, resolved)  # type: ignore[arg-type]
-    if state == FINISHED:
-        done = read_json(output_dir / METRICS_FILE)
-        log.info(
-            "%s holds this run, finished (val samples-F1 %.4f): skipping", output_dir, done["val_samples_f1"]
-        )
-        return done
+    if check_folder(output_dir, resolved) == FINISHED:  # type: ignore[arg-type]
+        return _finished(output_dir)
     ckpt_path = _resume_from(cfg, output_dir)
     torch.set_num_threads(cpu_threads(cfg.get("threads")))
     pl.seed_everything(cfg.seed, workers=True)
@@ -121,7 +116,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     _check_trained(trainer, cfg.data.batch_size)
-    train_seconds = time.perf_counter() - started
+    clock.trained()
     if not trainer.is_global_zero:
         return {}
 
@@ -132,25 +127,46 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         **write_tables(best, evaluation, threshold, output_dir),
         **evaluation.summary(),
         **_run_facts(best, model, history, _saved_epoch(best_path, history, checkpoint.monitor)),
-        "train_time_s": round(train_seconds, 2),
-        "threads": torch.get_num_threads(),
-        "started": datetime.fromtimestamp(started_at).isoformat(timespec="milliseconds"),
-        "finished": datetime.now().isoformat(timespec="milliseconds"),
-        "wall_time_s": round(time.perf_counter() - started, 2),
+        **clock.facts(),
         "checkpoint": str(best_path),
+        "history": history.epochs,
     }
-    metrics["history"] = history.epochs
     write_json(output_dir / METRICS_FILE, metrics)
     log_comparison(trainer, hparams, list(compared or {}), metrics["val_samples_f1"])
     log.info(
         "val samples-F1 %.4f (epoch %s), model %.1f MB, %.0f s; results in %s",
-        metrics["val_samples_f1"],
-        metrics["best_epoch"],
-        metrics["model_size_mb"],
-        metrics["wall_time_s"],
+        *(metrics[k] for k in ("val_samples_f1", "best_epoch", "model_size_mb", "wall_time_s")),
         output_dir,
     )
     return metrics
+
+
+def _finished(output_dir: Path) -> dict[str, Any]:
+    done = read_json(output_dir / METRICS_FILE)
+    log.info(
+        "%s holds this run, finished (val samples-F1 %.4f): skipping", output_dir, done["val_samples_f1"]
+    )
+    return done
+
+
+class RunClock:
+    """When a run started and how long its training and the whole run took, for metrics.json."""
+
+    def __init__(self) -> None:
+        self.start, self.start_wall = time.perf_counter(), time.time()
+        self.train_seconds = 0.0
+
+    def trained(self) -> None:
+        self.train_seconds = time.perf_counter() - self.start
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "train_time_s": round(self.train_seconds, 2),
+            "threads": torch.get_num_threads(),
+            "started": datetime.fromtimestamp(self.start_wall).isoformat(timespec="milliseconds"),
+            "finished": datetime.now().isoformat(timespec="milliseconds"),
+            "wall_time_s": round(time.perf_counter() - self.start, 2),
+        }
 
 
 def cpu_threads(threads: int | None) -> int:
