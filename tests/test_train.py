@@ -207,7 +207,9 @@ def test_experiment_paper_is_the_study_setup() -> None:
     cfg = compose_config("train", "experiment=paper", f"data.root={REPO}")
     validate(cfg)
     assert cfg.data.root == str(REPO) and cfg.data.demo is None
-    for path in sorted((CONF / "paper").glob("*.yaml")):
+    best_model = OmegaConf.load(CONF / "paper" / "best.yaml").setting  # its Table 5
+    assert all(OmegaConf.select(cfg, key) == value for key, value in best_model.items())
+    for path in sorted((CONF / "paper").glob("table*.yaml")):
         rows = OmegaConf.load(path).rows
         best = max(row.val_samples_f1 for row in rows)
         for row in rows:
