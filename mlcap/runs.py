@@ -259,6 +259,12 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
+def planned_jobs(sweep_dir: Path) -> int:
+    """How many jobs the sweeper planned for this sweep (0 if there is no plan)."""
+    plan_path = sweep_dir / PLAN_FILE
+    return len(json.loads(plan_path.read_text()).get("jobs") or []) if plan_path.is_file() else 0
+
+
 def sweep_varied_keys(sweep_dir: Path) -> list[str]:
     """Override keys whose values differ between the jobs the sweeper planned (empty if there is no plan)."""
     plan_path = sweep_dir / PLAN_FILE

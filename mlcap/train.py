@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mlcap.calibration import calibrate, cross_fitted_f1
-from mlcap.checkpoints import check_resumable, load_checkpoint
+from mlcap.checkpoints import check_resumable, check_same_network, load_checkpoint
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.word_vectors import train_word_vectors
@@ -44,6 +44,7 @@ from mlcap.runs import (
     is_volatile,
     launched_rank,
     lock_folder,
+    planned_jobs,
     read_json,
     sweep_varied_keys,
     write_atomic,
@@ -120,7 +121,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     if not trainer.is_global_zero:
         return {}
 
-    best, best_path = load_best(checkpoint, model)
+    best, best_path = load_best(checkpoint, model, output_dir)
     evaluation = evaluate(best, datamodule, cfg)
     threshold = calibrate_threshold(best, best_path, evaluation, cfg)
     metrics = {
@@ -171,7 +172,7 @@ class RunClock:
 
 def cpu_threads(threads: int | None) -> int:
     """`threads`, else in a sweep whose launcher runs n_jobs side by side an equal share of the cores, else
-    all of them (what torch picks by itself)."""
+    all of them (what torch picks by itself). A sweep of fewer jobs than n_jobs shares among its jobs."""
     cores = len(os.sched_getaffinity(0))
     if threads:
         return threads
@@ -180,8 +181,12 @@ def cpu_threads(threads: int | None) -> int:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return cores
-    n_jobs = int(HydraConfig.get().launcher.get("n_jobs") or 1)
+    hydra_cfg = HydraConfig.get()
+    n_jobs = int(hydra_cfg.launcher.get("n_jobs") or 1)
     side_by_side = cores if n_jobs < 0 else min(n_jobs, cores)  # joblib: -1 is one job per core
+    planned = planned_jobs(Path(hydra_cfg.sweep.dir))
+    if planned:
+        side_by_side = min(side_by_side, planned)
     return max(1, cores // side_by_side)
 
 
@@ -199,7 +204,9 @@ def _resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
     """An explicit ckpt_path, else the folder's last.ckpt (an interrupted run of the same config); either is
     checked before any work, so a damaged file is named with what to do rather than failing deep in fit()."""
     if cfg.get("ckpt_path") is not None:
-        return str(check_resumable(cfg.ckpt_path))
+        path = check_resumable(cfg.ckpt_path)
+        check_same_network(path, OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
+        return str(path)
     last = output_dir / LAST_CHECKPOINT
     if not last.is_file():
         return None
@@ -281,13 +288,28 @@ def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, ModelCheckpoint, EpochHi
     return trainer, checkpoint, history
 
 
-def load_best(checkpoint: ModelCheckpoint, model: MultiLabelClassifier) -> tuple[MultiLabelClassifier, str]:
-    """The best checkpoint's model (fast_dev_run and friends save none: then the weights in memory)."""
-    best_path = checkpoint.best_model_path or checkpoint.last_model_path
-    if not best_path:
+def load_best(
+    checkpoint: ModelCheckpoint, model: MultiLabelClassifier, output_dir: Path
+) -> tuple[MultiLabelClassifier, str]:
+    """The best checkpoint's model, from this run's own folder (fast_dev_run and friends save none: then the
+    weights in memory).
+
+    Lightning restores the best path a resumed checkpoint recorded, which may lie in another run's folder
+    (`ckpt_path=` from another run) or where this folder was before it moved: only a file in this run's
+    checkpoints folder is this run's, so another run's files are never read as ours or rewritten.
+    """
+    recorded = checkpoint.best_model_path or checkpoint.last_model_path
+    if not recorded:
         return model, ""
-    best = MultiLabelClassifier.load_from_checkpoint(best_path, load_pretrained=False, map_location="cpu")
-    return best, best_path
+    own = output_dir / "checkpoints" / Path(recorded).name
+    if not own.is_file():
+        raise RuntimeError(
+            f"training saved no checkpoint in {own.parent}: the run resumed from a checkpoint already at "
+            "trainer.max_epochs (or early-stopped), so no epoch ran here. Raise trainer.max_epochs to train on, "
+            "or predict with that checkpoint directly"
+        )
+    best = MultiLabelClassifier.load_from_checkpoint(own, load_pretrained=False, map_location="cpu")
+    return best, str(own)
 
 
 @dataclass

@@ -355,3 +355,30 @@ def test_a_run_that_trained_no_step_reports_no_results(compose_train: Callable[.
     with pytest.raises(RuntimeError, match=r"no training step ran: .*data\.batch_size=32"):
         train(cfg)
     assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()
+
+
+def test_resuming_from_another_runs_checkpoint_never_reads_or_writes_its_files(
+    tiny_demo: Path, tmp_path: Path
+) -> None:
+    """ckpt_path= another run's last.ckpt: this run's results and checkpoints stay in its own folder (Lightning
+    restores the other folder's best path), the other run's best.ckpt is left as it was, and a checkpoint of
+    another network is refused before any data is read."""
+    quick = [*fast_overrides(tiny_demo, tmp_path / "cache"), "model/image_encoder=small_cnn"]
+    first = tmp_path / "first"
+    train(compose_config("train", *quick, "trainer.max_epochs=2", output_dir=first))
+    their_best = (first / "checkpoints" / "best.ckpt").read_bytes()
+    resume = [*quick, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", "threshold_calibration=per_class"]
+
+    second = tmp_path / "second"
+    metrics = train(compose_config("train", *resume, "trainer.max_epochs=3", output_dir=second))
+    assert metrics["checkpoint"] == str(second / "checkpoints" / "best.ckpt") and metrics["epochs"] == 3
+    assert (first / "checkpoints" / "best.ckpt").read_bytes() == their_best
+
+    with pytest.raises(RuntimeError, match="saved no checkpoint in .*third"):  # nothing left to train
+        train(compose_config("train", *resume, "trainer.max_epochs=2", output_dir=tmp_path / "third"))
+    assert (first / "checkpoints" / "best.ckpt").read_bytes() == their_best
+
+    other = compose_config("train", *resume, "model.hidden_dim=8", output_dir=tmp_path / "fourth")
+    with pytest.raises(CheckpointError, match=r"another network: model.hidden_dim \(there 16, here 8\)"):
+        train(other)
+    assert not (tmp_path / "fourth" / "config_resolved.yaml").exists()

@@ -207,7 +207,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
             max_len=self.max_len,
             image_size=self._image_size,
             cache_views=self.cache_views,
-            root=str(self.root),
+            root=str(self.root.absolute()),  # predict.py may run from another folder
             image_dir=self.image_dir,
         )
 
