@@ -8,9 +8,11 @@ import mlcap  # noqa: F401  (sets OpenMP waiting policy before torch loads)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from mlcap.predict import predict
+    from mlcap.console import errors_in_one_line
+    from mlcap.predict import EXPECTED_ERRORS, predict
 
-    predict(cfg)
+    with errors_in_one_line(*EXPECTED_ERRORS):
+        predict(cfg)
 
 
 if __name__ == "__main__":

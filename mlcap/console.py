@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _HARMLESS_WARNINGS = (
     # A frozen backbone is in eval mode on purpose (its batch-norm statistics stay the pretrained ones).
@@ -32,3 +34,14 @@ def quiet_libraries() -> None:
             logger.addFilter(_DropTips())
     for message in _HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+
+
+@contextmanager
+def errors_in_one_line(*expected: type[BaseException]) -> Iterator[None]:
+    """An entry point's expected errors (bad settings, files, data) leave as one line `error: <message>` and
+    exit code 1 (SystemExit, which Hydra lets through), as the settings check's refusals do; anything else, a
+    bug, keeps its traceback."""
+    try:
+        yield
+    except expected as err:
+        raise SystemExit(f"error: {err}") from None

@@ -18,11 +18,16 @@ from mlcap.data.text import Vocabulary
 from mlcap.extraction import prepare_inputs
 from mlcap.inference import probabilities
 from mlcap.metrics import decide_labels, samples_f1
+from mlcap.models.image_encoders import MissingWeightsError
 from mlcap.models.lit_module import MultiLabelClassifier
 from mlcap.runs import latest_finished_checkpoint, write_atomic
-from mlcap.settings import validate_predict
+from mlcap.settings import SettingsError, shown, validate_predict
 
 log = logging.getLogger(__name__)
+
+# What predict.py reports in one line `error: ...` (settings, checkpoints, data and files: each message names
+# what to change); any other exception is a bug and keeps its traceback.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, MissingWeightsError)
 
 
 def resolve_checkpoint(ckpt_path: str, search_root: str | Path = "outputs") -> Path:
@@ -81,22 +86,53 @@ def prediction_data(cfg: DictConfig, metadata: DataMetadata, tta: bool) -> Capti
     )
 
 
+def predict_device(accelerator: str) -> str:
+    """cuda when asked (gpu, cuda) or allowed (auto) and there is a GPU, else cpu; asking for a GPU on a
+    machine without one is refused rather than run on the CPU."""
+    gpu = torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not gpu:
+        raise SettingsError(
+            f"accelerator={accelerator} is not allowed: torch finds no GPU on this machine; use accelerator=auto "
+            "(a GPU when there is one) or accelerator=cpu"
+        )
+    return "cuda" if gpu and accelerator != "cpu" else "cpu"
+
+
+def check_tta(
+    cfg: DictConfig, model: MultiLabelClassifier, metadata: DataMetadata, tta: bool, ckpt: Path
+) -> None:
+    """Test-time flips average the cached flip views: the checkpoint must have them, and this run must serve
+    cached features (cache, and the checkpoint's frozen image encoder). Named in predict.py's own keys."""
+    if not tta:
+        return
+    asked = "tta=true" if cfg.get("tta") is not None else "tta=null (the checkpoint's tta=true)"
+    if metadata.cache_views < 2:
+        raise SettingsError(
+            f"{asked} averages the flip views, but {ckpt} was trained with data.cache_views="
+            f"{metadata.cache_views}: predict with tta=false, or train with data.cache_views=4"
+        )
+    cache = cfg.get("cache") is None or bool(cfg.cache)
+    if not (cache and model.net.image_encoder.freeze):
+        raise SettingsError(
+            f"{asked} averages the cached flip views, so it needs cache=true (or null) and a checkpoint whose "
+            f"image encoder is frozen (got cache={shown(cfg.get('cache'))}, the checkpoint's "
+            f"model.image_encoder.freeze={shown(bool(model.net.image_encoder.freeze))}): predict with tta=false"
+            + (" or cache=true" if model.net.image_encoder.freeze else "")
+        )
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Write the submission CSV (one row per input row, input order) and return where it went (+ F1 if scored)."""
     quiet_libraries()
     validate_predict(cfg)
+    device = predict_device(cfg.get("accelerator", "auto"))
     ckpt = resolve_checkpoint(cfg.ckpt_path)
-    device = "cuda" if torch.cuda.is_available() and cfg.get("accelerator", "auto") != "cpu" else "cpu"
     # Checked first (mlcap.checkpoints): a damaged file, or one of an older layout, is named in one line.
     model = MultiLabelClassifier.load_from_checkpoint(ckpt, load_pretrained=False, map_location=device)
     metadata = data_metadata(model)
     log.info("predicting with %s", ckpt)
     tta = model.hparams["tta"] if cfg.get("tta") is None else bool(cfg.tta)
-    if tta and metadata.cache_views < 2:
-        raise ValueError(
-            f"tta=true averages the flip views, but {ckpt} was trained with data.cache_views="
-            f"{metadata.cache_views}: predict with tta=false, or train with data.cache_views=4"
-        )
+    check_tta(cfg, model, metadata, tta, ckpt)
     datamodule = prediction_data(cfg, metadata, tta)
     datamodule.prepare_data()
     datamodule.setup("predict")

@@ -109,6 +109,34 @@ class OptimizerSchema:
     weight_decay: float = knob(ge=0.0)
 
 
+# The loss's and the scheduler's own knobs, by `_target_` (the options of model/loss and model/scheduler that
+# have knobs); any other key of those nodes belongs to the target and is checked when train() builds it.
+@dataclass
+class WeightedBCESchema:
+    cap: float = knob(gt=0.0)
+
+
+@dataclass
+class AsymmetricLossSchema:
+    gamma_neg: float = knob(ge=0.0)
+    gamma_pos: float = knob(ge=0.0)
+    clip: float | None = knob(ge=0.0, lt=1.0)  # 0 or null: no clipping
+
+
+@dataclass
+class OneCycleSchema:
+    pct_start: float = knob(gt=0.0, lt=1.0)
+
+
+PART_SCHEMAS: dict[str, dict[str, type]] = {
+    "model.loss": {
+        "mlcap.models.losses.weighted_bce": WeightedBCESchema,
+        "timm.loss.AsymmetricLossMultiLabel": AsymmetricLossSchema,
+    },
+    "model.scheduler": {"torch.optim.lr_scheduler.OneCycleLR": OneCycleSchema},
+}
+
+
 @dataclass
 class DataSchema:
     root: str = knob()
@@ -296,6 +324,21 @@ def _check_parts(cfg: DictConfig) -> None:
             )
 
 
+def _check_part_knobs(cfg: DictConfig, lr: float) -> None:
+    """The chosen loss's and scheduler's own knobs (PART_SCHEMAS), and the optimizer's lr, which is `lr`."""
+    for prefix, schemas in PART_SCHEMAS.items():
+        node = OmegaConf.select(cfg, prefix)
+        schema = schemas.get(str(node.get("_target_"))) if isinstance(node, DictConfig) else None
+        if schema is not None:
+            _checked(node, prefix, schema)
+    optimizer_lr = OmegaConf.select(cfg, "model.optimizer.lr", default=lr)
+    if optimizer_lr != lr:
+        raise SettingsError(
+            f"model.optimizer.lr={shown(optimizer_lr)} is not allowed: it follows lr (here {shown(lr)}); "
+            f"set lr={shown(optimizer_lr)}, the one learning-rate key"
+        )
+
+
 def _check_paths(v: Mapping[str, Any], cfg: DictConfig) -> None:
     """Files and folders a run reads, checked before any work."""
     if v["ckpt_path"] is not None and not Path(v["ckpt_path"]).expanduser().is_file():
@@ -392,6 +435,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     _check_image_size(OmegaConf.select(resolved, "data.image_size"))
     _check_unknown_keys(resolved)
     _check_parts(resolved)
+    _check_part_knobs(resolved, values["lr"])
     _check_combinations(values)
     _check_paths(values, resolved)
     return values

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +16,7 @@ import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -50,7 +51,7 @@ from mlcap.runs import (
     write_atomic,
     write_json,
 )
-from mlcap.settings import model_settings, validate
+from mlcap.settings import SettingsError, model_settings, shown, validate
 from mlcap.tensorboard import log_hparams
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     ckpt_path = _resume_from(cfg, output_dir)
     torch.set_num_threads(cpu_threads(cfg.get("threads")))
     pl.seed_everything(cfg.seed, workers=True)
+    check_parts(cfg)
     check_encoders(cfg)
 
     trainer, checkpoint, history = build_trainer(cfg)  # first: Lightning checks its own settings
@@ -212,6 +214,37 @@ def _resume_from(cfg: DictConfig, output_dir: Path) -> str | None:
         return None
     log.info("resuming the interrupted run in %s from %s", output_dir, last)
     return str(check_resumable(last, automatic=True))
+
+
+def check_parts(cfg: DictConfig) -> None:
+    """Fail before any data is read when the loss, optimizer or scheduler node does not build (a key or value
+    its `_target_` refuses, which the settings cannot know): each is built once as the model builds it, on a
+    dummy parameter (weighted_bce with a dummy pos_weight), and dropped; a failure is one SettingsError line."""
+    nodes: dict[str, Any] = {
+        name: OmegaConf.to_container(cfg.model[name], resolve=True) if cfg.model[name] is not None else None
+        for name in ("loss", "optimizer", "scheduler")
+    }
+
+    def built(name: str, make: Callable[[], Any]) -> Any:
+        try:
+            return make()
+        except Exception as err:  # noqa: BLE001 - whatever the target raises, this node's settings are at fault
+            cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+            options = ", ".join(f"{k}={shown(v)}" for k, v in nodes[name].items() if not k.startswith("_"))
+            problem = " ".join(f"{type(cause).__name__}: {cause}".split())
+            target = nodes[name]["_target_"]
+            raise SettingsError(f"model.{name}={target}({options}) is not allowed: {problem}") from None
+
+    loss = dict(nodes["loss"])
+    if loss.get("pos_weight") == "???":  # filled from the train split when the model is built
+        loss["pos_weight"] = [1.0]
+    built("loss", lambda: hydra.utils.instantiate(loss))
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = built("optimizer", lambda: hydra.utils.instantiate(nodes["optimizer"])([parameter]))
+    if nodes["scheduler"] is not None:
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        schedule = nodes["scheduler"]
+        built("scheduler", lambda: hydra.utils.instantiate(schedule)(optimizer, max_lr=lrs, total_steps=100))
 
 
 def check_encoders(cfg: DictConfig) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,10 +23,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata
 
 from mlcap.checkpoints import CheckpointError
-from mlcap.predict import predict
+from mlcap.predict import check_tta, predict, predict_device
 from mlcap.runs import RunFolderError, check_folder, differences, folder_in_use, lock_folder, write_json
 from mlcap.settings import SettingsError, validate
-from mlcap.train import train
+from mlcap.train import check_parts, train
 
 TRAIN = str(REPO / "train.py")
 
@@ -291,12 +292,101 @@ def test_a_folder_in_use_is_refused(tmp_path: Path) -> None:
             "data.image_size=-5 is not allowed: it must be null, a positive integer or [height, width]",
         ),
         (["data.image_size=[224,320,3]"], "data.image_size=[224, 320, 3] is not allowed"),
+        (
+            ["model/loss=weighted_bce", "model.loss.cap=-5"],
+            "model.loss.cap=-5.0 is not allowed: it must be > 0.0",
+        ),
+        (
+            ["model/loss=asl", "model.loss.gamma_neg=-1"],
+            "model.loss.gamma_neg=-1.0 is not allowed: it must be >= 0.0",
+        ),
+        (["model/loss=asl", "model.loss.gamma_pos=-1"], "model.loss.gamma_pos=-1.0 is not allowed"),
+        (
+            ["model/loss=asl", "model.loss.gamma_neg=abc"],
+            "model.loss.gamma_neg='abc' is not allowed: it must be a number",
+        ),
+        (
+            ["model/loss=asl", "model.loss.clip=1"],
+            "model.loss.clip=1.0 is not allowed: it must be >= 0.0 and < 1.0",
+        ),
+        (
+            ["model/scheduler=onecycle", "model.scheduler.pct_start=2"],
+            "model.scheduler.pct_start=2.0 is not allowed: it must be > 0.0 and < 1.0",
+        ),
+        (
+            ["model.optimizer.lr=0.001"],
+            "model.optimizer.lr=0.001 is not allowed: it follows lr (here 0.0003); set lr=0.001, the one "
+            "learning-rate key",
+        ),
     ],
 )
 def test_bad_settings_name_the_key_the_value_and_what_is_allowed(overrides: list[str], message: str) -> None:
     with pytest.raises(SettingsError) as caught:
         validate(compose_config("train", *overrides))
     assert message in str(caught.value)
+
+
+def test_the_parts_own_settings_pass_where_allowed() -> None:
+    for overrides in (
+        ["model/loss=asl", "model.loss.clip=null", "model.loss.gamma_neg=0"],
+        ["model/loss=weighted_bce", "model.loss.cap=1"],
+        ["model/scheduler=onecycle", "model.scheduler.pct_start=0.5"],
+        ["lr=0.01", "model.optimizer.lr=0.01"],
+    ):
+        validate(compose_config("train", *overrides))
+        check_parts(compose_config("train", *overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model/scheduler=onecycle", "+model.scheduler.foo=1"],
+            "model.scheduler=torch.optim.lr_scheduler.OneCycleLR(pct_start=0.1, foo=1) is not allowed: TypeError: "
+            "OneCycleLR.__init__() got an unexpected keyword argument 'foo'",
+        ),
+        (
+            ["+model.loss.foo=1"],
+            "model.loss=torch.nn.BCEWithLogitsLoss(foo=1) is not allowed: TypeError: BCEWithLogitsLoss.__init__() got "
+            "an unexpected keyword argument 'foo'",
+        ),
+        (["model/loss=weighted_bce", "+model.loss.foo=1"], "model.loss=mlcap.models.losses.weighted_bce("),
+        (
+            ["+model.optimizer.betas=[0.9]"],
+            "model.optimizer=torch.optim.Adam(lr=0.0003, weight_decay=0.0, betas=[0.9]) is not allowed: "
+            "ConfigIndexError: list index out of range",
+        ),
+        (
+            ["model.optimizer._target_=torch.optim.SGD", "+model.optimizer.momentum=-1"],
+            "model.optimizer=torch.optim.SGD(lr=0.0003, weight_decay=0.0, momentum=-1) is not allowed: ValueError: "
+            "Invalid momentum value: -1",
+        ),
+        (
+            ["model.loss._target_=torch.nn.NoSuchLoss"],
+            "model.loss=torch.nn.NoSuchLoss() is not allowed: ImportError",
+        ),
+    ],
+)
+def test_parts_that_do_not_build_stop_the_run_before_any_data_is_read(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    """Keys the settings cannot know (they belong to the node's _target_): train() builds the loss, optimizer and
+    schedule on a dummy parameter first, and names the node, its options and the error in one line."""
+    cache = tmp_path / "cache"
+    cfg = compose_config("train", f"paths.cache_dir={cache}", *overrides, output_dir=tmp_path / "run")
+    validate(cfg)
+    with pytest.raises(SettingsError) as caught:
+        train(cfg)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not cache.exists()  # no demo data made, no features
+
+
+def test_a_part_that_does_not_build_stops_a_single_run_in_one_line(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    result = _train_cli(f"paths.cache_dir={cache}", "+model.loss.foo=1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "error: model.loss=torch.nn.BCEWithLogitsLoss(foo=1) is not allowed: TypeError" in result.stdout
+    assert "Traceback" not in result.stdout and not cache.exists()
 
 
 def test_bad_setting_stops_the_command_before_anything_is_read(tmp_path: Path) -> None:
@@ -382,3 +472,73 @@ def test_resuming_from_another_runs_checkpoint_never_reads_or_writes_its_files(
     with pytest.raises(CheckpointError, match=r"another network: model.hidden_dim \(there 16, here 8\)"):
         train(other)
     assert not (tmp_path / "fourth" / "config_resolved.yaml").exists()
+
+
+PREDICT = str(REPO / "predict.py")
+
+
+def _predict_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, PREDICT, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_predict_names_expected_errors_in_one_line(tmp_path: Path) -> None:
+    """No finished run, a checkpoint of the previous layout: `error: ...` and exit code 1, not a traceback."""
+    none = _predict_cli("ckpt_path=latest", cwd=tmp_path)
+    assert none.returncode == 1, none.stdout[-3000:]
+    assert "error: no finished run (checkpoints/best.ckpt beside metrics.json) under" in none.stdout
+    assert "Traceback" not in none.stdout
+    old = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"label_ids": [1], "vocab_tokens": ["[PAD]"]}}, old)
+    layout = _predict_cli(f"ckpt_path={old}", "accelerator=cpu", cwd=tmp_path)
+    assert layout.returncode == 1, layout.stdout[-3000:]
+    assert f"error: checkpoint {old} was written by another mlcap version" in layout.stdout
+    assert "Traceback" not in layout.stdout
+
+
+def test_predict_refuses_a_gpu_the_machine_does_not_have(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for accelerator in ("gpu", "cuda"):
+        cfg = compose_config(
+            "predict", f"accelerator={accelerator}", "ckpt_path=/no/such.ckpt", output_dir=tmp_path
+        )
+        with pytest.raises(
+            SettingsError, match=f"accelerator={accelerator} is not allowed: torch finds no GPU"
+        ):
+            predict(cfg)  # before the checkpoint is even looked for
+    assert [predict_device(a) for a in ("auto", "cpu")] == ["cpu", "cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [predict_device(a) for a in ("auto", "cpu", "gpu", "cuda")] == ["cuda", "cpu", "cuda", "cuda"]
+
+
+def test_predict_test_time_flips_name_predicts_own_keys(tmp_path: Path) -> None:
+    """A tta checkpoint predicted with cache=false would serve no cached views: refused naming cache= / tta=,
+    predict.py's keys, not the training keys."""
+    frozen = SimpleNamespace(net=SimpleNamespace(image_encoder=SimpleNamespace(freeze=True)))
+    views = SimpleNamespace(cache_views=4)
+    ckpt = tmp_path / "best.ckpt"
+    cfg = compose_config("predict", "cache=false", output_dir=tmp_path)
+    with pytest.raises(SettingsError) as caught:
+        check_tta(cfg, frozen, views, True, ckpt)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith("tta=null (the checkpoint's tta=true) averages the cached flip views")
+    assert "got cache=false" in message and "predict with tta=false or cache=true" in message
+    assert "data.cache" not in message
+    check_tta(compose_config("predict", output_dir=tmp_path), frozen, views, True, ckpt)  # cache=null: cached
+    check_tta(cfg, frozen, views, False, ckpt)
+    with pytest.raises(SettingsError, match="tta=true averages the flip views, but .* data.cache_views=1"):
+        check_tta(
+            compose_config("predict", "tta=true", output_dir=tmp_path),
+            frozen,
+            SimpleNamespace(cache_views=1),  # type: ignore[arg-type]
+            True,
+            ckpt,
+        )

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.mlcap_sweeper import MlcapSweeper
+from hydra_plugins.mlcap_sweeper import MlcapSweeper, check_n_jobs
 from mlcap.report import ReportCallback, sweep_paper
 from mlcap.runs import resolved_task_config
 from mlcap.settings import validate
@@ -299,3 +299,28 @@ def test_sweep_runs_in_parallel_then_rerun_skips_finished_jobs(tiny_demo: Path, 
     finished = sweep_dir / "model.attention=true" / "metrics.json"
     assert finished.stat().st_mtime_ns == mtimes[finished]
     assert (interrupted / "metrics.json").is_file()
+
+
+def test_launcher_n_jobs_is_checked_before_any_job_starts(tmp_path: Path) -> None:
+    for good in (-1, 1, 4):
+        check_n_jobs(good)
+    for bad, shown in ((0, "0"), (-2, "-2"), (True, "true"), (None, "null"), ("two", "'two'"), (1.5, "1.5")):
+        with pytest.raises(
+            ValueError, match=f"hydra.launcher.n_jobs={shown} is not allowed: it must be an integer"
+        ):
+            check_n_jobs(bad)
+    cache = tmp_path / "cache"
+    result = _sweep(
+        [
+            "seed=0,1",
+            "hydra.launcher.n_jobs=0",
+            f"paths.cache_dir={cache}",
+            f"hydra.sweep.dir={tmp_path / 's'}",
+        ]
+    )
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert (
+        "error: hydra.launcher.n_jobs=0 is not allowed: it must be an integer, -1 (one job per core) or >= 1"
+        in (result.stdout)
+    )
+    assert "Traceback" not in result.stdout and not cache.exists() and not (tmp_path / "s").exists()

@@ -98,6 +98,7 @@ class MlcapSweeper(Sweeper):
         config, loader = self.config, self.hydra_context.config_loader
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         try:  # a refusal is a clear message, not a traceback: nothing has run and no folder was touched
+            check_n_jobs(OmegaConf.select(config, "hydra.launcher.n_jobs", default=1))
             compose = lambda overrides: loader.load_sweep_config(config, overrides)  # noqa: E731
             planned = check_jobs(sweep_dir, self._jobs(arguments), compose)
             lock = lock_folder(sweep_dir)  # one sweep at a time per folder
@@ -134,6 +135,18 @@ class MlcapSweeper(Sweeper):
                     log.error("job %s failed: %r", overrides, getattr(result, "_return_value", None))
             returns.append(results)
         return returns
+
+
+def check_n_jobs(n_jobs: Any) -> None:
+    """The joblib launcher's jobs side by side: -1 (one per core) or at least 1 (mlcap.train.cpu_threads shares
+    the cores among them); joblib itself would fail on 0 with a traceback once the sweep has started."""
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or not (n_jobs == -1 or n_jobs >= 1):
+        shown = (
+            repr(n_jobs) if isinstance(n_jobs, str) else str(n_jobs).lower() if n_jobs is not None else "null"
+        )
+        raise ValueError(
+            f"hydra.launcher.n_jobs={shown} is not allowed: it must be an integer, -1 (one job per core) or >= 1"
+        )
 
 
 def _plain(node: Any) -> Any:
