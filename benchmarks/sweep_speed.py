@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,9 +53,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=24_000, help="labelled demo rows (80%% train)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2, help="jobs in the sweep (and side by side)")
+    parser.add_argument("--work", type=Path, help="demo data and cache here (e.g. epoch_speed.py's --work)")
     args, extra = parser.parse_known_args()
     with tempfile.TemporaryDirectory(prefix="mlcap-sweep-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
+        for name in ("warm-up", "serial", "parallel"):
+            shutil.rmtree(work / name, ignore_errors=True)
         sweep(work, "warm-up", args.rows, 1, 1, 1, extra)  # demo data and feature cache, not timed
         serial = sweep(work, "serial", args.rows, args.epochs, args.jobs, 1, extra)
         parallel = sweep(work, "parallel", args.rows, args.epochs, args.jobs, args.jobs, extra)
