@@ -31,16 +31,20 @@ from mlcap.train import check_parts, train
 TRAIN = str(REPO / "train.py")
 
 
-def _train_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """`python train.py ...` in a subprocess; Hydra logs to stdout, errors go to stderr: both are merged."""
+def _cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python <script> ...` in a subprocess; Hydra logs to stdout, errors go to stderr: both are merged."""
     return subprocess.run(
-        [sys.executable, TRAIN, *args],
+        [sys.executable, script, *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         timeout=300,
     )
+
+
+def _train_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return _cli(TRAIN, *args, cwd=cwd)
 
 
 def _quick(tiny_demo: Path, tmp_path: Path) -> list[str]:
@@ -478,14 +482,7 @@ PREDICT = str(REPO / "predict.py")
 
 
 def _predict_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, PREDICT, *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-    )
+    return _cli(PREDICT, *args, cwd=cwd)
 
 
 def test_predict_names_expected_errors_in_one_line(tmp_path: Path) -> None:
