@@ -140,28 +140,16 @@ TRAINING_KEYS = ("optimizer", "scheduler", "loss", "dropout", "backbone_lr_scale
 def check_same_network(path: str | Path, model: dict[str, Any]) -> None:
     """Refuse to resume from a checkpoint of another network (`model`: the resolved cfg.model), naming the
     keys that differ, before any data is read; loading it would fail late with a raw state-dict error."""
-    from mlcap.runs import differences
+    from mlcap.runs import differences, flatten
 
     stored = load_checkpoint(path).get("hyper_parameters", {}).get("model")
     if stored is None:
         return
-    diffs = differences(_network_keys(stored), _network_keys(model))
+    network = lambda config: flatten({"model": {k: v for k, v in config.items() if k not in TRAINING_KEYS}})  # noqa: E731
+    diffs = differences(network(stored), network(model))
     if diffs:
         shown = ", ".join(f"{key} (there {old!r}, here {new!r})" for key, old, new in diffs[:8])
         raise CheckpointError(
             f"ckpt_path={path} holds another network: {shown}. Resume with the settings it was trained with, "
             "or leave ckpt_path unset to train this one from scratch"
         )
-
-
-def _network_keys(config: dict[str, Any], prefix: str = "model.") -> dict[str, Any]:
-    """The model config flattened to dotted keys, training-only keys left out."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if key in TRAINING_KEYS:
-            continue
-        if isinstance(value, dict):
-            flat |= _network_keys(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
