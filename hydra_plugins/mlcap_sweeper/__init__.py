@@ -11,6 +11,10 @@ sys.modules, and dataclasses cannot resolve string annotations of such a module.
 """
 
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +123,13 @@ class MlcapSweeper(Sweeper):
                 sum(state == "interrupted" for _, state in planned),
                 len(planned) - len(todo),
             )
-            return self._launch([job_overrides(job) for job in todo])
+            with stop_on_sigterm():
+                return self._launch([job_overrides(job) for job in todo])
+        except KeyboardInterrupt as err:  # the launcher stopped its jobs; their folders resume on a re-run
+            _kill_joblib_workers()
+            raise SystemExit(
+                f"error: {err or 'sweep stopped: re-run the same command to resume its jobs'}"
+            ) from None
         finally:
             lock.release()
 
@@ -152,3 +162,29 @@ def check_n_jobs(n_jobs: Any) -> None:
 def _plain(node: Any) -> Any:
     """DictConfig/ListConfig -> plain Python, so values compare and format like literals."""
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (`kill`, `timeout`, a scheduler) raises KeyboardInterrupt like Ctrl-C, so the launcher stops its
+    jobs (joblib kills its workers, the mlcap launcher asks each job to stop) instead of leaving them running,
+    orphaned and holding their folders' locks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _kill_joblib_workers() -> None:
+    """`hydra/launcher=joblib`: joblib leaves loky's reusable workers running (still training) when the sweep is
+    interrupted; kill them, their folder locks die with them."""
+    import sys
+
+    if "joblib" in sys.modules:
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)

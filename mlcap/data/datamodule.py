@@ -15,7 +15,14 @@ from platformdirs import user_cache_dir
 from torch.utils.data import DataLoader
 
 from mlcap.data.comp5329 import DataFormatError, check_images, check_labels, read_captions_csv
-from mlcap.data.datasets import CaptionRows, ImagePreprocessing, image_hw, image_transform, whole_batch
+from mlcap.data.datasets import (
+    CaptionRows,
+    ImagePreprocessing,
+    image_hw,
+    image_transform,
+    whole_batch,
+    worker_context,
+)
 from mlcap.data.demo import ensure_demo
 from mlcap.data.feature_cache import FeatureCache
 from mlcap.data.metadata import DataMetadata
@@ -315,6 +322,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
             collate_fn=whole_batch,
             num_workers=workers,
             persistent_workers=workers > 0,
+            multiprocessing_context=worker_context(workers),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,3 +181,17 @@ class CaptionRows(Dataset):
 def whole_batch(batch: Batch) -> Batch:
     """The DataLoader's collate step: `CaptionRows.__getitems__` already returns the batch."""
     return batch
+
+
+def worker_context(num_workers: int) -> multiprocessing.context.BaseContext | None:
+    """The start method of DataLoader workers, named instead of inherited from the process.
+
+    A joblib (loky) worker process, such as a sweep job under `hydra/launcher=joblib`, sets multiprocessing's
+    global start method to 'loky', whose Popen cannot start the plain `Process` a DataLoader creates
+    (`AttributeError: 'Process' object has no attribute 'env'`). The platform's own default (the first of
+    `get_all_start_methods`: fork on Linux up to Python 3.13, forkserver from 3.14, spawn on macOS) is what
+    the DataLoader would use anywhere else.
+    """
+    if num_workers == 0:
+        return None
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])

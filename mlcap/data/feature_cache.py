@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mlcap.data.comp5329 import DataFormatError
-from mlcap.data.datasets import ImageFiles, collate_images
+from mlcap.data.datasets import ImageFiles, collate_images, worker_context
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,7 @@ def extract_features(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         collate_fn=collate_images,
+        multiprocessing_context=worker_context(num_workers),
     )
     chunks: list[np.ndarray] = []
     failures: list[tuple[int, str]] = []
