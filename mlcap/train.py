@@ -96,6 +96,8 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     """
     clock = RunClock()
     quiet_libraries()
+    if os.environ.get("SLURM_JOB_ID"):  # hydra/launcher=slurm: which SLURM job ran it (also in metrics.json)
+        log.info("SLURM job %s on %s", _slurm_job(), os.environ.get("SLURMD_NODENAME"))
     settings = validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -142,6 +144,14 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
         output_dir,
     )
     return metrics
+
+
+def _slurm_job() -> str:
+    """The job as squeue and scancel name it: <array>_<task> for an array's task (its SLURM_JOB_ID is its own
+    number, and the first task's is the whole array's)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = os.environ["SLURM_JOB_ID"]
+    return f"{array}_{task} (SLURM_JOB_ID {job})" if array and task else job
 
 
 def _finished(output_dir: Path) -> dict[str, Any]:

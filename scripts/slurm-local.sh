@@ -59,6 +59,8 @@ DefMemPerCPU=$((mem / cpus))
 # Finished jobs stay visible to squeue for 30 minutes: without accounting, the launcher reads their end there.
 MinJobAge=1800
 ReturnToService=2
+# A cancelled job's processes get SIGKILL 10 s after SIGTERM (default 30), so a re-run finds its folder free.
+KillWait=10
 MpiDefault=none
 $node State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
