@@ -38,7 +38,7 @@ def test_the_slurm_preset_composes_with_the_training_config() -> None:
     assert launcher._target_ == f"{MlcapSlurmLauncher.__module__}.{MlcapSlurmLauncher.__qualname__}"
     assert get_class(launcher._target_).__qualname__ == "MlcapSlurmLauncher"
     assert launcher.cpus_per_task == 2 and launcher.timeout_min == 240 and launcher.partition is None
-    assert launcher.submitit_folder == "${hydra.sweep.dir}/.submitit/%j"
+    assert launcher.submitit_folder == f"{config.hydra.sweep.dir}/.submitit/%j"  # logs in the sweep folder
 
 
 def test_job_states_come_from_squeue_where_sacct_has_no_accounting(tmp_path: Path) -> None:
