@@ -103,7 +103,10 @@ def test_a_sweep_runs_each_job_as_a_slurm_job(
     cluster: dict[str, str], tiny_demo: Path, tmp_path: Path
 ) -> None:
     sweep_dir = tmp_path / "sweep"
-    sweep = _sweep(cluster, sweep_dir, "lr=3e-4,3e-3", tiny=tiny_demo, cache=tmp_path / "cache")
+    # n_jobs=1 (joblib's knob, which SLURM ignores) would give a local job every core: threads must come from
+    # cpus_per_task=1 instead.
+    args = ("lr=3e-4,3e-3", "hydra.launcher.n_jobs=1")
+    sweep = _sweep(cluster, sweep_dir, *args, tiny=tiny_demo, cache=tmp_path / "cache")
     out, _ = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, out
     jobs = _planned(sweep_dir)
