@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
-# Finished states as sacct or squeue print them; the launcher names them in failed.json.
+# The header of the job-state table submitit parses (sacct --parsable2); squeue's answer gets it too.
 _STATUS_FIELDS = "JobID|State|NodeList"
 
 
