@@ -96,6 +96,8 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     """
     clock = RunClock()
     quiet_libraries()
+    if os.environ.get("SLURM_JOB_ID"):  # hydra/launcher=slurm: which SLURM job ran it (also in metrics.json)
+        log.info("SLURM job %s on %s", _slurm_job(), os.environ.get("SLURMD_NODENAME"))
     settings = validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -144,6 +146,14 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     return metrics
 
 
+def _slurm_job() -> str:
+    """The job as squeue and scancel name it: <array>_<task> for an array's task (its SLURM_JOB_ID is its own
+    number, and the first task's is the whole array's)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = os.environ["SLURM_JOB_ID"]
+    return f"{array}_{task} (SLURM_JOB_ID {job})" if array and task else job
+
+
 def _finished(output_dir: Path) -> dict[str, Any]:
     done = read_json(output_dir / METRICS_FILE)
     log.info(
@@ -169,12 +179,15 @@ class RunClock:
             "started": datetime.fromtimestamp(self.start_wall).isoformat(timespec="milliseconds"),
             "finished": datetime.now().isoformat(timespec="milliseconds"),
             "wall_time_s": round(time.perf_counter() - self.start, 2),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),  # null unless the run was a SLURM job
         }
 
 
 def cpu_threads(threads: int | None) -> int:
     """`threads`, else in a sweep whose launcher runs n_jobs side by side an equal share of the cores, else
-    all of them (what torch picks by itself). A sweep of fewer jobs than n_jobs shares among its jobs."""
+    all of them (what torch picks by itself). A sweep of fewer jobs than n_jobs shares among its jobs. A
+    SLURM job (hydra/launcher=slurm) takes its `cpus_per_task`: it holds them alone, and without cgroups the
+    node's other cores are visible to it."""
     cores = len(os.sched_getaffinity(0))
     if threads:
         return threads
@@ -184,6 +197,8 @@ def cpu_threads(threads: int | None) -> int:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return cores
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.launcher.get("cpus_per_task"):  # submitit's launchers: one allocation per job
+        return int(hydra_cfg.launcher.cpus_per_task)
     n_jobs = int(hydra_cfg.launcher.get("n_jobs") or 1)
     side_by_side = cores if n_jobs < 0 else min(n_jobs, cores)  # joblib: -1 is one job per core
     planned = planned_jobs(Path(hydra_cfg.sweep.dir))
