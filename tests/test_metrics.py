@@ -119,7 +119,7 @@ def test_classification_table_matches_sklearn() -> None:
 
 def test_classification_table_errors() -> None:
     preds, target = _random_pair(10, 3, 8)
-    with pytest.raises(ValueError, match="label_ids has 2 entries"):
+    with pytest.raises(ValueError, match="label_names has 2 entries"):
         classification_table(preds, target, [1, 2])
     with pytest.raises(ValueError, match="0/1"):
         classification_table(np.full((10, 3), 0.5), target, [1, 2, 3])
