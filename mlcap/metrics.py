@@ -105,7 +105,9 @@ class SamplesF1(torchmetrics.Metric):
 def mean_average_precision(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mAP: torchmetrics' per-label average precision, averaged over the labels with at least one positive
     (torchmetrics' own macro average counts a label without positives as 0)."""
-    per_label = multilabel_average_precision(probs.float(), target.int(), num_labels=target.shape[1], average=None)
+    per_label = multilabel_average_precision(
+        probs.float(), target.int(), num_labels=target.shape[1], average=None
+    )
     present = target.sum(0) > 0
     return per_label[present].mean() if present.any() else torch.tensor(float("nan"))
 

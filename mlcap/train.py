@@ -418,7 +418,9 @@ def write_tables(
         for avg in ("micro avg", "macro avg", "weighted avg", "samples avg")
         for metric in ("precision", "recall", "f1")
     }
-    field = {f"val_{k}": v for k, v in field_metrics(evaluation.probs, preds, evaluation.target.int()).items()}
+    field = {
+        f"val_{k}": v for k, v in field_metrics(evaluation.probs, preds, evaluation.target.int()).items()
+    }
     return {"val_samples_f1": averages["val_samples_f1"], **averages, **field, "threshold": threshold}
 
 

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import compose_config
+from PIL import Image
 
 from mlcap.data.comp5329 import DataFormatError, read_captions_csv
 from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule
@@ -38,7 +37,12 @@ def data(tiny_demo: Path, tmp_path: Path) -> Path:
 
 def module(root: Path, vocab: Vocabulary | None = None, **overrides: object) -> CaptionImageDataModule:
     """data=comp5329 on `root`, as train.py builds it, with the test's overrides."""
-    settings = ["data.image_size=32", "data.num_workers=0", "data.cache_views=1", f"data.cache_dir={root / 'cache'}"]
+    settings = [
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.cache_views=1",
+        f"data.cache_dir={root / 'cache'}",
+    ]
     data = compose_config("train", "data=comp5329", f"data.root={root}", *settings).data
     return build_datamodule(data, vocab=vocab, **overrides)
 

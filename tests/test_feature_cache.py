@@ -204,7 +204,12 @@ def test_train_rows_subset_keeps_validation_and_reuses_the_whole_csv_cache(
     tiny_demo: Path, tmp_path: Path
 ) -> None:
     def module(train_rows: int | None) -> CaptionImageDataModule:
-        settings = ["data.image_size=32", "data.num_workers=0", f"data.cache_dir={tmp_path}", "data.cache_views=1"]
+        settings = [
+            "data.image_size=32",
+            "data.num_workers=0",
+            f"data.cache_dir={tmp_path}",
+            "data.cache_views=1",
+        ]
         data = compose_config("train", "data=comp5329", f"data.root={tiny_demo}", *settings).data
         dm = build_datamodule(data, train_rows=train_rows)
         dm.setup("fit")

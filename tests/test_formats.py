@@ -58,7 +58,8 @@ def write_formats(demo: Path, folder: Path) -> dict[str, list[str]]:
         captions = {
             "images": [{"id": i, "file_name": f} for i, f in zip(ids, table["image_id"], strict=True)],
             "annotations": [
-                {"id": n, "image_id": i, "caption": c} for n, (i, c) in enumerate(zip(ids, table["caption"], strict=True))
+                {"id": n, "image_id": i, "caption": c}
+                for n, (i, c) in enumerate(zip(ids, table["caption"], strict=True))
             ],
         }
         (folder / f"captions_{name}.json").write_text(json.dumps(captions))
@@ -127,7 +128,9 @@ def test_the_same_rows_in_four_formats_train_and_predict_alike(tiny_demo: Path, 
             continue
         assert names == NAMES  # the checkpoint stores the names; submissions and per_class.csv use them
         sep = ";" if kind == "csv" else "|"  # the data's label_sep: COCO's names hold spaces
-        as_ids = [" ".join(str(NAMES.index(n) + 1) for n in labels.split(sep)) for labels in submission["Labels"]]
+        as_ids = [
+            " ".join(str(NAMES.index(n) + 1) for n in labels.split(sep)) for labels in submission["Labels"]
+        ]
         assert as_ids == list(expected["Labels"]), kind
         per_class = pd.read_csv(tmp_path / kind / "per_class.csv", index_col=0)
         assert "traffic light" in per_class.index and "1" not in per_class.index
@@ -179,11 +182,16 @@ def test_malformed_input_is_named_before_any_work(
 ) -> None:
     data = write_formats(tiny_demo, tmp_path / "formats")[kind]
     damage(tmp_path / "formats")  # type: ignore[operator]
-    cfg = compose_config("train", *data, *RUN, f"paths.cache_dir={tmp_path / 'cache'}", output_dir=tmp_path / "run")
+    cfg = compose_config(
+        "train", *data, *RUN, f"paths.cache_dir={tmp_path / 'cache'}", output_dir=tmp_path / "run"
+    )
     with pytest.raises(DataFormatError, match=message) as caught:
         train(cfg)
     assert "\n" not in str(caught.value)
-    assert not (tmp_path / "cache" / "features").exists() and not (tmp_path / "run" / "config_resolved.yaml").exists()
+    assert (
+        not (tmp_path / "cache" / "features").exists()
+        and not (tmp_path / "run" / "config_resolved.yaml").exists()
+    )
 
 
 def _append(path: Path, text: str) -> None:
@@ -194,6 +202,16 @@ def _edit_json(path: Path, key: str, item: dict) -> None:
     data = json.loads(path.read_text())
     data[key].append(item)
     path.write_text(json.dumps(data))
+
+
+def test_monitor_takes_the_fields_metrics_and_refuses_others() -> None:
+    from mlcap.settings import SettingsError, validate
+
+    assert compose_config("train").callbacks.early_stopping.monitor == "val/samples_f1"
+    with pytest.raises(
+        SettingsError, match=r"monitor='val/loss' is not allowed: it must be one of val/samples_f1, val/mAP"
+    ):
+        validate(compose_config("train", "monitor=val/loss"))
 
 
 def test_caption_choice_draws_one_caption_a_row_or_all_of_them() -> None:
@@ -218,7 +236,10 @@ def test_several_captions_an_image_train_and_average_at_prediction(tiny_demo: Pa
     with (folder / "train.jsonl").open("w") as out:
         for i, row in enumerate(train_rows.itertuples()):
             caps = [row.caption, extra[i % 3]] + ([extra[(i + 1) % 3]] if i % 2 else [])
-            out.write(json.dumps({"image": row.image_id, "caption": caps, "labels": [str(x) for x in row.labels]}) + "\n")
+            out.write(
+                json.dumps({"image": row.image_id, "caption": caps, "labels": [str(x) for x in row.labels]})
+                + "\n"
+            )
     val = train_rows.iloc[split_indices(len(train_rows), 0.2, 0)[1]].head(6)
     for name, caps in (("two", lambda r: [r.caption, "a zebra nearby"]), ("a", lambda r: r.caption),
                        ("b", lambda r: ["a zebra nearby"])):  # fmt: skip
@@ -232,9 +253,17 @@ def test_several_captions_an_image_train_and_average_at_prediction(tiny_demo: Pa
     assert len(dm.captions("train")) == len(dm.train_token_lists) == n_captions > len(dm.tables["train"])
     assert "zebra" in dm.vocab and "photograph" in dm.vocab
     cfg = compose_config("train", *data, *RUN, "trainer.max_epochs=2", f"paths.cache_dir={tmp_path / 'c'}",
-                         output_dir=tmp_path / "run")  # fmt: skip
+                         "monitor=val/mAP", output_dir=tmp_path / "run")  # fmt: skip
+    assert cfg.callbacks.early_stopping.monitor == cfg.callbacks.model_checkpoint.monitor == "val/mAP"
     metrics = train(cfg)
-    assert 0.0 <= metrics["val_mAP"] <= 1.0 and metrics["val_OF1"] >= 0.0
+    # The field's metrics each epoch (TensorBoard, metrics.json's history) and for the best epoch, by mAP.
+    assert {"val/mAP", "val/CP", "val/CR", "val/CF1", "val/OP", "val/OR", "val/OF1"} <= set(
+        metrics["history"][0]
+    )
+    best = max(metrics["history"], key=lambda e: e["val/mAP"])
+    assert metrics["best_epoch"] == best["epoch"] and metrics["val_mAP"] == pytest.approx(
+        best["val/mAP"], abs=1e-5
+    )
     probs = {}
     for name in ("two", "a", "b"):
         overrides = [f"ckpt_path={metrics['checkpoint']}", "data=jsonl", f"data.root={folder}",
@@ -269,7 +298,11 @@ def test_the_real_sample_reads_the_same_through_every_reader(real_sample: Path, 
     assert list(rows["captions"]) == [[c] for c in strict["caption"]]
     assert list(rows["labels"]) == [[str(x) for x in labels] for labels in strict["labels"]]
     pd.DataFrame(
-        {"image": strict["image_id"], "caption": strict["caption"], "labels": [" ".join(map(str, x)) for x in strict["labels"]]}
+        {
+            "image": strict["image_id"],
+            "caption": strict["caption"],
+            "labels": [" ".join(map(str, x)) for x in strict["labels"]],
+        }
     ).to_csv(tmp_path / "train.csv", index=False)
     csv_data = ["data=csv", f"data.root={tmp_path}", f"data.image_dir={real_sample / 'data'}",
                 f"data.labels=[{','.join(map(str, range(1, 20)))}]"]  # fmt: skip

@@ -73,7 +73,9 @@ class CocoReader:
         for i, cat in enumerate(data["categories"]):
             cat_id, name = _field(cat, "id", path, "category", i), _field(cat, "name", path, "category", i)
             if cat_id in names or name in names.values():
-                raise DataFormatError(f"{path}: category id {cat_id} ({name!r}) appears twice in 'categories'")
+                raise DataFormatError(
+                    f"{path}: category id {cat_id} ({name!r}) appears twice in 'categories'"
+                )
             names[cat_id] = str(name)
         return names, [names[i] for i in sorted(names)]
 
@@ -85,7 +87,10 @@ class CocoReader:
             (_field(im, "id", path, "image", i), str(_field(im, "file_name", path, "image", i)))
             for i, im in enumerate(data["images"])
         ]
-        rows = [{"image_id": name, "path": self.image_dir / name, "source": f"{path}, image id {image_id}"} for image_id, name in images]
+        rows = [
+            {"image_id": name, "path": self.image_dir / name, "source": f"{path}, image id {image_id}"}
+            for image_id, name in images
+        ]
         table = rows_frame(rows, labelled=False)
         table["id"] = [image_id for image_id, _ in images]
         check_unique(table.assign(image_id=table["id"]), path, what="image id")
@@ -101,11 +106,15 @@ class CocoReader:
                 )
             caption = _field(ann, "caption", path, "annotation", i)
             if not isinstance(caption, str):
-                raise DataFormatError(f"{path}: caption annotation id {ann.get('id', f'#{i}')} is not a string")
+                raise DataFormatError(
+                    f"{path}: caption annotation id {ann.get('id', f'#{i}')} is not a string"
+                )
             captions[image_id].append(caption)
         lacking = [image_id for image_id in table["id"] if not captions[image_id]]
         if lacking:
-            raise DataFormatError(f"{path}: image id(s) {lacking[:5]} have no caption; remove them or add captions")
+            raise DataFormatError(
+                f"{path}: image id(s) {lacking[:5]} have no caption; remove them or add captions"
+            )
         table["captions"] = [captions[image_id] for image_id in table["id"]]
         instances = self.instances[split]
         if instances is not None:

@@ -17,7 +17,14 @@ from platformdirs import user_cache_dir
 from torch.utils.data import DataLoader
 
 from mlcap.data.comp5329 import DataFormatError
-from mlcap.data.datasets import CaptionChoice, CaptionRows, ImagePreprocessing, image_hw, image_transform, whole_batch
+from mlcap.data.datasets import (
+    CaptionChoice,
+    CaptionRows,
+    ImagePreprocessing,
+    image_hw,
+    image_transform,
+    whole_batch,
+)
 from mlcap.data.feature_cache import FeatureCache
 from mlcap.data.metadata import DataMetadata
 from mlcap.data.reader import CaptionReader, Split, check_image_files, check_known_labels

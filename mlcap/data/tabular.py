@@ -48,10 +48,14 @@ class _OneImageARow:
         self.image_dir = resolve(self.root, image_dir)
         missing = {"image", "caption", "labels"} - set(columns)
         if missing:
-            raise DataFormatError(f"data.columns lacks {sorted(missing)}: name the image, caption and labels fields")
+            raise DataFormatError(
+                f"data.columns lacks {sorted(missing)}: name the image, caption and labels fields"
+            )
         self.columns = dict(columns)
         if not label_sep:
-            raise DataFormatError("data.label_sep='' is not allowed: give the text between two labels (e.g. ' ')")
+            raise DataFormatError(
+                "data.label_sep='' is not allowed: give the text between two labels (e.g. ' ')"
+            )
         self.label_sep = label_sep
         self.labels = list(labels) if labels is not None else None
 
@@ -110,7 +114,9 @@ class _OneImageARow:
         if isinstance(value, str):
             parts = value.split() if self.label_sep == " " else value.split(self.label_sep)
             names = [part.strip() for part in parts]
-        elif isinstance(value, list) and all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
+        elif isinstance(value, list) and all(
+            isinstance(v, str | int) and not isinstance(v, bool) for v in value
+        ):
             names = [str(v).strip() for v in value]
         else:
             raise DataFormatError(
@@ -148,7 +154,9 @@ class CsvReader(_OneImageARow):
             except csv.Error as err:
                 raise DataFormatError(f"{path}, line {reader.line_num}: not valid CSV ({err})") from None
             except UnicodeDecodeError as err:
-                raise DataFormatError(f"{path}: not valid UTF-8 ({err.reason}); re-save it as UTF-8") from None
+                raise DataFormatError(
+                    f"{path}: not valid UTF-8 ({err.reason}); re-save it as UTF-8"
+                ) from None
 
     def _check_header(self, header: list[str], path: Path) -> bool:
         for key in ("image", "caption"):
@@ -179,9 +187,13 @@ class JsonlReader(_OneImageARow):
             try:
                 fields = json.loads(raw)
             except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}, line {line}: not valid JSON ({err.msg}, column {err.colno})") from None
+                raise DataFormatError(
+                    f"{path}, line {line}: not valid JSON ({err.msg}, column {err.colno})"
+                ) from None
             if not isinstance(fields, dict):
-                raise DataFormatError(f"{path}, line {line}: a JSON object is expected, got {type(fields).__name__}")
+                raise DataFormatError(
+                    f"{path}, line {line}: a JSON object is expected, got {type(fields).__name__}"
+                )
             for key in ("image", "caption"):
                 if self.columns[key] not in fields:
                     raise DataFormatError(
