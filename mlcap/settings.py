@@ -439,6 +439,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check every public key of a composed train config; return them as {dotted key: value}."""
     from mlcap.runs import resolved_task_config
 
+    if "root" in cfg.get("data", {}) and OmegaConf.is_missing(cfg.data, "root"):
+        # Named before resolving: the data node's reader links `${..root}`, which cannot resolve without it.
+        raise SettingsError("data.root is required (e.g. data.root=...): no value was given")
     resolved = OmegaConf.create(resolved_task_config(cfg, "<run folder>"))
     values: dict[str, Any] = {}
     for prefix, schema in SCHEMAS.items():
