@@ -439,7 +439,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check every public key of a composed train config; return them as {dotted key: value}."""
     from mlcap.runs import resolved_task_config
 
-    if "root" in cfg.get("data", {}) and OmegaConf.is_missing(cfg.data, "root"):
+    data = cfg.get("data")
+    if isinstance(data, DictConfig) and "root" in data.keys() and OmegaConf.is_missing(data, "root"):  # noqa: SIM118
         # Named before resolving: the data node's reader links `${..root}`, which cannot resolve without it.
         raise SettingsError("data.root is required (e.g. data.root=...): no value was given")
     resolved = OmegaConf.create(resolved_task_config(cfg, "<run folder>"))
