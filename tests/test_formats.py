@@ -112,6 +112,16 @@ def test_the_same_rows_in_four_formats_train_and_predict_alike(tiny_demo: Path, 
         overrides = [f"ckpt_path={metrics['checkpoint']}", f"output={output}", "num_workers=0"]
         predict(compose_config("predict", *overrides, output_dir=tmp_path / f"p-{kind}"))
         results[kind] = (dm, metrics, checkpoint["hyper_parameters"]["data"]["label_names"], output)
+        # A file to predict that has labels is scored by itself (samples-F1 and the field's metrics).
+        if kind == "csv":
+            scored = predict(
+                compose_config(
+                    "predict", overrides[0], f"output={tmp_path / 'scored.csv'}", "data=csv", *data[1:],
+                    "data.predict_file=train.csv",
+                    f"paths.cache_dir={cache}", output_dir=tmp_path / "p-scored",
+                )
+            )  # fmt: skip
+            assert scored["rows"] == 240 and {"samples_f1", "mAP", "CF1", "OF1"} <= set(scored)
 
     comp_dm, comp, _, comp_out = results["comp5329"]
     assert comp["val_samples_f1"] == pytest.approx(PINNED_F1, abs=1e-6)
@@ -310,3 +320,18 @@ def test_the_real_sample_reads_the_same_through_every_reader(real_sample: Path, 
     again = reader.read("train")
     assert list(again["captions"]) == list(rows["captions"]) and list(again["labels"]) == list(rows["labels"])
     assert reader.label_names(again) == dm.reader.label_names(rows)
+
+
+def test_coco_images_without_instances_are_kept_unlabelled_and_counted(
+    tiny_demo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = write_formats(tiny_demo, tmp_path / "formats")["coco"]
+    path = tmp_path / "formats" / "instances_train.json"
+    instances = json.loads(path.read_text())
+    instances["annotations"] = [a for a in instances["annotations"] if a["image_id"] not in (10_000, 10_005)]
+    path.write_text(json.dumps(instances))
+    reader = build_datamodule(_data(data, tmp_path)).reader
+    rows = reader.read("train")
+    assert len(rows) == 240 and rows["labels"][0] == [] == rows["labels"][5] and rows["labels"][1]
+    assert "2 of 240 image(s) have no label; kept" in caplog.text
+    assert reader.label_names(rows) == NAMES  # the categories, in id order, seen or not
