@@ -24,6 +24,9 @@ class Batch:
     features: torch.Tensor | None = None
     sentences: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    # The row of each item when a row's captions come as items of their own (validation and prediction over
+    # several captions an image): probabilities are averaged per row (`per_row`). None: one item a row.
+    groups: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.images is None) == (self.features is None):
@@ -39,6 +42,16 @@ class Batch:
             for f in dataclasses.fields(self)
         }
         return Batch(**moved)
+
+    def per_row(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-item values [items, ...] averaged over each row's items ([rows, ...]); as is with one item a row."""
+        if self.groups is None:
+            return values
+        rows = int(self.groups.max()) + 1
+        sums = torch.zeros((rows, *values.shape[1:]), dtype=values.dtype, device=values.device)
+        sums.index_add_(0, self.groups, values)
+        counts = torch.bincount(self.groups, minlength=rows).to(values.dtype)
+        return sums / counts.view(-1, *([1] * (values.ndim - 1)))
 
     @property
     def target(self) -> torch.Tensor:

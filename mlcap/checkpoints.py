@@ -34,8 +34,9 @@ __all__ = [
 RESUME_KEYS = ("epoch", "global_step", "optimizer_states")
 # The model checkpoints' layout: hyper-parameters `model` (the model config), `data` (DataMetadata), `threshold`
 # and `tta`, and the network's module names. Bumped when either changes; layout 1 (no key) held label_ids,
-# vocab_tokens, preprocessing and one hyper-parameter per model key.
-LAYOUT_KEY, LAYOUT = "mlcap_layout", 2
+# vocab_tokens, preprocessing and one hyper-parameter per model key; layout 2 held integer label_ids, root and
+# image_dir in `data` (now label names and the data node).
+LAYOUT_KEY, LAYOUT = "mlcap_layout", 3
 
 
 class CheckpointError(ValueError):

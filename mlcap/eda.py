@@ -1,8 +1,9 @@
-"""Exploratory data analysis: `python -m mlcap.eda [data=comp5329 data.root=...]` (default: the demo data).
+"""Exploratory data analysis: `python -m mlcap.eda [data=<format> data.root=...]` (default: the demo data).
 
-Writes into the Hydra output folder (outputs/eda/<time>/): `eda.md`, the tables as CSV, and PNG charts of
-the number of labels per image, the images per label (flagging labels that never occur, such as COMP5329's
-12) and the caption length after the same preprocessing the model sees (which guides `data.max_len`).
+Works on every format (the data node's reader gives the rows). Writes into the Hydra output folder
+(outputs/eda/<time>/): `eda.md`, the tables as CSV, and PNG charts of the number of labels per image, the
+images per label (flagging labels that never occur, such as COMP5329's 12) and the caption length after the
+same preprocessing the model sees (which guides `data.max_len`), over every caption of every image.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from mlcap.data.comp5329 import check_labels, read_captions_csv
+from mlcap.data.datamodule import build_datamodule
+from mlcap.data.reader import check_known_labels
 from mlcap.data.text import preprocess_caption
 
 __all__ = ["caption_lengths", "label_counts", "labels_per_image", "run_eda", "write_eda"]
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def labels_per_image(labels: Iterable[Sequence[int]]) -> pd.DataFrame:
+def labels_per_image(labels: Iterable[Sequence[object]]) -> pd.DataFrame:
     """How many images carry 1, 2, ... labels (and their share)."""
     sizes = pd.Series([len(set(row)) for row in labels], dtype="int64")
     table = sizes.value_counts().sort_index().rename_axis("labels per image").to_frame("images")
@@ -33,11 +35,11 @@ def labels_per_image(labels: Iterable[Sequence[int]]) -> pd.DataFrame:
     return table
 
 
-def label_counts(labels: Iterable[Sequence[int]], label_ids: Sequence[int]) -> pd.DataFrame:
-    """Images per label id, over all configured ids: a label with no image is flagged `never_seen`."""
+def label_counts(labels: Iterable[Sequence[object]], label_names: Sequence[object]) -> pd.DataFrame:
+    """Images per label, over all the model's labels: a label with no image is flagged `never_seen`."""
     rows = [list(row) for row in labels]
     counts = Counter(label for row in rows for label in set(row))
-    table = pd.DataFrame({"label": list(label_ids)})
+    table = pd.DataFrame({"label": list(label_names)})
     table["images"] = table["label"].map(lambda label: counts.get(label, 0)).astype("int64")
     table["share"] = table["images"] / max(len(rows), 1)
     table["never_seen"] = table["images"] == 0
@@ -136,28 +138,29 @@ def _histogram(lengths: dict[str, pd.Series], path: Path, max_len: int, bins: in
 
 def write_eda(
     train: pd.DataFrame,
-    label_ids: Sequence[int],
+    label_names: Sequence[object],
     out_dir: str | Path,
     max_len: int,
     test: pd.DataFrame | None = None,
     source: str = "",
     length_bins: int | None = None,
 ) -> Path:
-    """Write eda.md, CSVs and PNGs for a labelled table (and optionally an unlabelled test table)."""
+    """Write eda.md, CSVs and PNGs for a labelled table (and optionally a test table): columns `labels` and
+    `captions` (a list of captions per image)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_image = labels_per_image(train["labels"])
-    per_label = label_counts(train["labels"], label_ids)
-    lengths = {"train": caption_lengths(train["caption"])}
+    per_label = label_counts(train["labels"], label_names)
+    lengths = {"train": caption_lengths(c for row in train["captions"] for c in row)}
     if test is not None:
-        lengths["test"] = caption_lengths(test["caption"])
+        lengths["test"] = caption_lengths(c for row in test["captions"] for c in row)
     stats = _length_stats(lengths, max_len)
-    vocabulary = len({t for c in train["caption"] for t in preprocess_caption(c)})
+    vocabulary = len({t for row in train["captions"] for c in row for t in preprocess_caption(c)})
 
     _write_csvs(out_dir, per_image, per_label, lengths, stats)
     _write_charts(out_dir, per_image, per_label, lengths, max_len, length_bins)
     n_test = len(test) if test is not None else None
-    lines = _overview_lines(source, len(train), n_test, len(label_ids), vocabulary)
+    lines = _overview_lines(source, len(train), n_test, len(label_names), vocabulary)
     lines += _section_lines(per_image, per_label, stats, max_len)
     report = out_dir / "eda.md"
     report.write_text("\n".join(lines))
@@ -200,7 +203,7 @@ def _write_charts(
     _bar(
         per_label["images"],
         out_dir / "label_counts.png",
-        "label id",
+        "label",
         "images",
         "Images per label (train; red: never seen)",
         list(per_label["never_seen"]),
@@ -217,7 +220,7 @@ def _overview_lines(
         "",
         f"{n_train} labelled images"
         + (f", {n_test} unlabelled test images" if n_test is not None else "")
-        + f"; {n_labels} label ids; training-caption vocabulary {vocabulary} words after preprocessing.",
+        + f"; {n_labels} labels; training-caption vocabulary {vocabulary} words after preprocessing.",
         "",
     ]
 
@@ -239,7 +242,7 @@ def _section_lines(
             f"Never seen in the training data: {', '.join(str(label) for label in never)}. The model keeps an "
             "output for such a label but can never learn to predict it."
             if never
-            else "Every label id occurs at least once."
+            else "Every label occurs at least once."
         ),
         "",
         _text_table(per_label),
@@ -256,44 +259,32 @@ def _section_lines(
     ]
 
 
-def _csv_path(root: Path, name: str) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_absolute() else root / path
-
-
 def run_eda(cfg: DictConfig) -> Path:
-    """Locate (and for the demo, generate) the data set of `cfg.data`, then write the EDA files."""
+    """Read the data set of `cfg.data` through its reader (the demo is generated first), then write the files."""
     if "root" not in cfg.data or OmegaConf.is_missing(cfg.data, "root") or cfg.data.root is None:
         raise ValueError(
-            "data.root is not set: pass data.root=<folder holding train.csv, test.csv and data/> "
+            "data.root is not set: pass data.root=<the data set's folder> "
             "(e.g. python -m mlcap.eda data=comp5329 data.root=/path/to/COMP5329)"
         )
-    if cfg.data.get("demo"):
-        # Instantiating the datamodule generates the demo data set on first use, as training does.
-        hydra.utils.instantiate(cfg.data).prepare_data()
-    root = Path(str(cfg.data.root)).expanduser()
-    train_path = _csv_path(root, cfg.data.train_csv)
-    if not train_path.is_file():
-        raise FileNotFoundError(
-            f"{train_path} does not exist; set data.root to the folder holding train.csv, test.csv and data/"
-        )
-    train = read_captions_csv(train_path)
-    if "labels" not in train:
-        raise ValueError(f"{train_path} has no Labels column; data.train_csv must be the labelled file")
-    label_ids = [int(i) for i in cfg.data.label_ids]
-    check_labels(train, label_ids, train_path)
-    test_path = _csv_path(root, cfg.data.predict_csv)
-    test = read_captions_csv(test_path) if test_path.is_file() else None
+    reader = build_datamodule(cfg.data).reader
+    reader.prepare()
+    train = reader.read("train")
+    names = reader.label_names(train)
+    check_known_labels(train, names)
+    try:
+        test = reader.read("predict")
+    except FileNotFoundError:
+        test = None  # a data set without a prediction file is still worth a look
     report = write_eda(
         train,
-        label_ids,
+        names,
         cfg.paths.output_dir,
         max_len=int(cfg.data.max_len),
         test=test,
-        source=str(train_path),
+        source=reader.describe("train"),
         length_bins=cfg.get("length_bins"),
     )
-    log.info("EDA of %s written to %s", train_path, report)
+    log.info("EDA of %s written to %s", reader.describe("train"), report)
     return report
 
 

@@ -1,8 +1,9 @@
-"""Competition metric (samples-averaged F1), label decisions and the per-label report tables.
+"""Competition metric (samples-averaged F1), the field's metrics, label decisions and the per-label tables.
 
 Kaggle's "mean F1" equals ``sklearn.metrics.f1_score(average="samples", zero_division=0)``. torchmetrics has
 no ``average="samples"``, so the per-row F1 is written by hand here (a few tensor ops) and checked against
-sklearn in the tests.
+sklearn in the tests. The field compares multi-label classifiers (on COCO) by mAP and by CP, CR, CF1, OP, OR,
+OF1 at the threshold, as ML-GCN and ASL report them: `FieldMetrics`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import pandas as pd
 import torch
 import torchmetrics
 from sklearn.metrics import classification_report
+from torchmetrics.functional.classification import multilabel_average_precision
 
+FIELD_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
 AVERAGE_ROWS = ("micro avg", "macro avg", "weighted avg", "samples avg")
 
 
@@ -99,12 +102,81 @@ class SamplesF1(torchmetrics.Metric):
         return (self.f1_sum / self.n_rows.clamp(min=1)).float()
 
 
+def mean_average_precision(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mAP: torchmetrics' per-label average precision, averaged over the labels with at least one positive
+    (torchmetrics' own macro average counts a label without positives as 0)."""
+    per_label = multilabel_average_precision(
+        probs.float(), target.int(), num_labels=target.shape[1], average=None
+    )
+    present = target.sum(0) > 0
+    return per_label[present].mean() if present.any() else torch.tensor(float("nan"))
+
+
+def threshold_scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> dict[str, torch.Tensor]:
+    """CP, CR, CF1 (per-class precision and recall averaged over the labels with at least one positive, and
+    their harmonic mean) and OP, OR, OF1 (over all decisions at once), from per-label counts; 0 where empty."""
+    tp, fp, fn = tp.double(), fp.double(), fn.double()
+    present = (tp + fn) > 0
+
+    def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(b > 0, a / b.clamp(min=1e-12), torch.zeros_like(a))
+
+    def f1(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return ratio(2 * p * r, p + r)
+
+    cp = ratio(tp, tp + fp)[present].mean() if present.any() else torch.tensor(0.0, dtype=torch.float64)
+    cr = ratio(tp, tp + fn)[present].mean() if present.any() else torch.tensor(0.0, dtype=torch.float64)
+    op, o_r = ratio(tp.sum(), (tp + fp).sum()), ratio(tp.sum(), (tp + fn).sum())
+    scores = {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": o_r, "OF1": f1(op, o_r)}
+    return {name: value.float() for name, value in scores.items()}
+
+
+def field_metrics(probs: torch.Tensor, preds: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """mAP of the probabilities and CP ... OF1 of the 0/1 decisions, against 0/1 targets [n, labels]."""
+    _check_binary_pair(preds, target)
+    p, t = preds.bool(), target.bool()
+    counts = ((p & t).sum(0), (p & ~t).sum(0), (~p & t).sum(0))
+    scores = {"mAP": mean_average_precision(probs, target), **threshold_scores(*counts)}
+    return {name: float(scores[name]) for name in FIELD_METRICS}
+
+
+class FieldMetrics(torchmetrics.Metric):
+    """mAP, CP, CR, CF1, OP, OR, OF1 accumulated over batches and processes: `update(probs, preds, target)`.
+
+    mAP keeps every probability (exact, as the papers report it: rows x labels floats)."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_labels: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        for name in ("tp", "fp", "fn"):
+            self.add_state(name, default=torch.zeros(num_labels, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs: torch.Tensor, preds: torch.Tensor, target: torch.Tensor) -> None:
+        _check_binary_pair(preds, target)
+        p, t = preds.bool(), target.bool()
+        self.tp += (p & t).sum(0)
+        self.fp += (p & ~t).sum(0)
+        self.fn += (~p & t).sum(0)
+        self.probs.append(probs.detach().float())
+        self.targets.append(target.detach().int())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        probs = torch.cat(self.probs) if isinstance(self.probs, list) else self.probs
+        targets = torch.cat(self.targets) if isinstance(self.targets, list) else self.targets
+        return {"mAP": mean_average_precision(probs, targets), **threshold_scores(self.tp, self.fp, self.fn)}
+
+
 def classification_table(
-    preds: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, label_ids: Sequence[int]
+    preds: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, label_names: Sequence[object]
 ) -> pd.DataFrame:
     """Per-label precision/recall/f1/support plus micro/macro/weighted/samples averages (study Tables 6, 7).
 
-    Column j of ``preds``/``target`` is label ``label_ids[j]``. The index holds the label ids as strings
+    Column j of ``preds``/``target`` is label ``label_names[j]``. The index holds the label names as strings
     followed by the names in ``AVERAGE_ROWS``.
     """
     y_pred = preds.detach().cpu().numpy() if isinstance(preds, torch.Tensor) else np.asarray(preds)
@@ -113,15 +185,15 @@ def classification_table(
         raise ValueError(
             f"preds and target must both be [n, c] with the same shape, got {y_pred.shape} and {y_true.shape}"
         )
-    if len(label_ids) != y_true.shape[1]:
+    if len(label_names) != y_true.shape[1]:
         raise ValueError(
-            f"label_ids has {len(label_ids)} entries but preds/target have {y_true.shape[1]} columns; "
-            "pass one label id per column"
+            f"label_names has {len(label_names)} entries but preds/target have {y_true.shape[1]} columns; "
+            "pass one label name per column"
         )
     for name, x in (("preds", y_pred), ("target", y_true)):
         if not np.isin(x, (0, 1)).all():
             raise ValueError(f"{name} must hold only 0/1 values; threshold probabilities first")
-    names = [str(label_id) for label_id in label_ids]
+    names = [str(name) for name in label_names]
     report = classification_report(
         y_true.astype(int),
         y_pred.astype(int),

@@ -1,4 +1,5 @@
-"""Predict task: a checkpoint alone + a test CSV and its images -> a Kaggle submission (ImageID,Labels)."""
+"""Predict task: a checkpoint alone + the rows to predict and their images -> a submission (ImageID,Labels),
+the labels written as the data names them (COMP5329: its numeric ids)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mlcap.console import quiet_libraries
-from mlcap.data.datamodule import CaptionImageDataModule, multi_hot
+from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule, multi_hot, portable_config
 from mlcap.data.metadata import DataMetadata
 from mlcap.data.text import Vocabulary
 from mlcap.extraction import prepare_inputs
 from mlcap.inference import probabilities
-from mlcap.metrics import decide_labels, samples_f1
+from mlcap.metrics import decide_labels, field_metrics, samples_f1
 from mlcap.models.image_encoders import MissingWeightsError
 from mlcap.models.lit_module import MultiLabelClassifier
 from mlcap.runs import latest_finished_checkpoint, write_atomic
@@ -48,41 +49,59 @@ def resolve_checkpoint(ckpt_path: str, search_root: str | Path = "outputs") -> P
     return found
 
 
-def read_label_file(path: str | Path, label_ids: list[int]) -> pd.DataFrame:
-    """An `ImageID,Labels` file (a Kaggle solution or the demo's test_labels.csv), labels as int lists."""
+def label_separator(metadata: DataMetadata) -> str:
+    """What joins two labels in a submission: the data's `label_sep` (a space where it has none); a label name
+    holding it could not be read back, so that is refused."""
+    sep = str(metadata.data.get("label_sep") or " ")
+    clash = [name for name in metadata.label_names if sep in name]
+    if clash:
+        raise ValueError(
+            f"label names {clash[:3]} hold data.label_sep={sep!r}, so a submission could not be read back; "
+            "train with another data.label_sep"
+        )
+    return sep
+
+
+def read_label_file(path: str | Path, label_names: list[str], sep: str = " ") -> pd.DataFrame:
+    """An `ImageID,Labels` file (a Kaggle solution or the demo's test_labels.csv), labels as lists of names."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     if list(table.columns[:2]) != ["ImageID", "Labels"]:
         raise ValueError(f"{path}: expected header ImageID,Labels, got {','.join(table.columns)}")
-    table["labels"] = [[int(x) for x in labels.split()] for labels in table["Labels"]]
-    unknown = sorted({x for labels in table["labels"] for x in labels} - set(label_ids))
+    table["labels"] = [labels.split() if sep == " " else labels.split(sep) for labels in table["Labels"]]
+    unknown = sorted({x for labels in table["labels"] for x in labels} - set(label_names))
     if unknown:
-        raise ValueError(f"{path}: unknown label ids {unknown}; the model knows {label_ids}")
+        raise ValueError(f"{path}: unknown labels {unknown}; the model knows {label_names}")
     return table
 
 
 def data_metadata(model: MultiLabelClassifier) -> DataMetadata:
-    """What the checkpoint says about its training data (label ids, vocabulary, preprocessing)."""
+    """What the checkpoint says about its training data (label names, vocabulary, preprocessing, data node)."""
     return DataMetadata.from_dict(model.hparams["data"])
 
 
 def prediction_data(cfg: DictConfig, metadata: DataMetadata, tta: bool) -> CaptionImageDataModule:
-    """The rows to predict, prepared as the checkpoint's training data was (its metadata), from the files this
-    command names (data=..., data.root, data.csv, data.image_dir; by default the training data's folder)."""
-    demo = cfg.data.get("demo") if cfg.data.root is not None else None  # data=demo: generated on first use
-    return CaptionImageDataModule(
-        root=cfg.data.root if cfg.data.root is not None else metadata.root,
-        label_ids=metadata.label_ids,
-        predict_csv=cfg.data.csv,
-        image_dir=cfg.data.image_dir if cfg.data.image_dir is not None else metadata.image_dir,
-        batch_size=cfg.batch_size,
+    """The rows to predict, prepared as the checkpoint's training data was (its metadata), through the same
+    reader node as training: the checkpoint's own data node, or the one `data=<format>` names (with its keys);
+    data.root and data.image_dir default to the checkpoint's."""
+    chosen = "reader" in cfg.data
+    node = portable_config(cfg.data) if chosen else dict(metadata.data)
+    for key in ("root", "image_dir"):
+        value = node.get(key) if chosen else cfg.data.get(key)
+        if key in cfg.data and not OmegaConf.is_missing(cfg.data, key) and cfg.data[key] is not None:
+            value = cfg.data[key]
+        node[key] = metadata.data.get(key) if value in (None, "???") else value
+    return build_datamodule(
+        node,
+        vocab=Vocabulary(list(metadata.vocabulary)),
+        label_names=list(metadata.label_names),
         max_len=metadata.max_len,
-        image_size=metadata.image_size,
+        image_size=list(metadata.image_size) if metadata.image_size is not None else None,
+        eval_captions=metadata.eval_captions,
+        batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         cache=cfg.cache if cfg.get("cache") is not None else True,
         cache_dir=str(Path(cfg.paths.cache_dir) / "features"),
         cache_views=metadata.cache_views if tta else 1,  # without tta the original view only
-        demo=OmegaConf.to_container(demo) if demo is not None else None,
-        vocab=Vocabulary(list(metadata.vocabulary)),
     )
 
 
@@ -140,25 +159,35 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
     probs = probabilities(model, loaders, accelerator=device)
     preds = decide_labels(probs, model.threshold).bool().numpy()
-    label_ids = np.asarray(metadata.label_ids)
+    names, sep = np.asarray(metadata.label_names, dtype=object), label_separator(metadata)
     table = datamodule.tables["predict"]
     if len(preds) != len(table):  # one row per input row, or no file at all
         raise RuntimeError(
-            f"{len(preds)} predictions for {len(table)} rows of {cfg.data.csv}; nothing written"
+            f"{len(preds)} predictions for {len(table)} rows of {datamodule.reader.describe('predict')}; "
+            "nothing written"
         )
     submission = pd.DataFrame(
-        {"ImageID": table["image_id"], "Labels": [" ".join(map(str, label_ids[row])) for row in preds]}
+        {"ImageID": table["image_id"], "Labels": [sep.join(names[row]) for row in preds]}
     )
     output = Path(cfg.output)
     write_atomic(output, submission.to_csv(index=False))
     log.info("wrote %d predictions to %s", len(submission), output)
     result: dict[str, Any] = {"submission": str(output), "rows": len(submission), "checkpoint": str(ckpt)}
+    target = None
     if cfg.get("labels_csv"):
-        truth = read_label_file(cfg.labels_csv, list(metadata.label_ids)).set_index("ImageID")
+        truth = read_label_file(cfg.labels_csv, list(metadata.label_names), sep).set_index("ImageID")
         missing = sorted(set(table["image_id"]) - set(truth.index))
         if missing:
             raise ValueError(f"{cfg.labels_csv} has no labels for {len(missing)} images, e.g. {missing[:3]}")
-        target = multi_hot(list(truth.loc[table["image_id"], "labels"]), metadata.label_ids)
-        result["samples_f1"] = float(samples_f1(torch.from_numpy(preds).int(), target.int()))
-        log.info("samples-F1 against %s: %.4f", cfg.labels_csv, result["samples_f1"])
+        target = multi_hot(list(truth.loc[table["image_id"], "labels"]), metadata.label_names)
+    elif "labels" in table:  # a prediction file with labels (or COCO's predict_instances): score it
+        target = datamodule.labels("predict")
+    if target is not None:
+        chosen = torch.from_numpy(preds).int()
+        result["samples_f1"] = float(samples_f1(chosen, target.int()))
+        result |= field_metrics(probs, chosen, target.int())
+        log.info(
+            "scored: samples-F1 %.4f, mAP %.4f, CF1 %.4f, OF1 %.4f",
+            *(result[k] for k in ("samples_f1", "mAP", "CF1", "OF1")),
+        )
     return result

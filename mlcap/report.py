@@ -5,8 +5,8 @@ Reads every job folder under the sweep folder (`.hydra/config.yaml`, `.hydra/ove
 that never started. Writes into the sweep folder:
 
 * `report.md`: one row per distinct setting (the config keys that differ between jobs, seed excluded) with
-  train loss, val loss and val samples-F1 as mean ± std over seeds, the model size against the 100 MB limit
-  and the run time; for a one-at-a-time grid (sweep=table4) one table per varied key, each with the base
+  train loss, val loss, val samples-F1 and the field's mAP, CF1 and OF1 as mean ± std over seeds, the model
+  size against the 100 MB limit and the run time; for a one-at-a-time grid (sweep=table4) one table per varied key, each with the base
   point; the study's figures beside ours where the sweep carries them (hydra.callbacks.report.paper: its
   Tables 1-4 by setting, its best model's averages, per-class F1, run time and size beside our best setting);
   the best run's per-class table; failed and unfinished jobs;
@@ -60,8 +60,17 @@ log = logging.getLogger(__name__)
 SIZE_LIMIT_MB = 100.0
 # The repository's conf/ (as mlcap.eda finds it), for the study's figures a sweep config carries.
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-METRICS = ("train_loss", "val_loss", "val_samples_f1")
-METRIC_TITLES = {"train_loss": "train loss", "val_loss": "val loss", "val_samples_f1": "val samples-F1"}
+# The field's metrics (mAP; CP, CR, CF1, OP, OR, OF1 at the threshold, as ML-GCN and ASL report them) beside
+# samples-F1: all in jobs.csv and settings.csv; mAP, CF1 and OF1 in report.md's tables.
+FIELD = tuple(f"val_{name}" for name in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"))
+METRICS = ("train_loss", "val_loss", "val_samples_f1", *FIELD)
+SHOWN = ("train_loss", "val_loss", "val_samples_f1", "val_mAP", "val_CF1", "val_OF1")
+METRIC_TITLES = {
+    "train_loss": "train loss",
+    "val_loss": "val loss",
+    "val_samples_f1": "val samples-F1",
+    **{m: f"val {m.removeprefix('val_')}" for m in FIELD},
+}
 FINISHED, FAILED, UNFINISHED, NOT_STARTED = "finished", "failed", "unfinished", "not started"
 _SEED_KEY = "seed"
 _ABSENT = "<absent>"
@@ -292,7 +301,7 @@ def _display(table: pd.DataFrame, keys: Sequence[str], best_f1: float | None) ->
         extra = [f"{row[s]} {s}" for s in ("failed", "unfinished") if row[s]]
         counts.append(f"{row['n']}" + (f" (+{', '.join(extra)})" if extra else ""))
     shown["n"] = counts
-    for m in METRICS:
+    for m in SHOWN:
         shown[METRIC_TITLES[m]] = [
             _mean_std(r[f"{m}_mean"], r[f"{m}_std"], r["n"]) for _, r in table.iterrows()
         ]

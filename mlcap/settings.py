@@ -150,6 +150,16 @@ class DataSchema:
     cache_views: int = knob(ge=1, le=4)
     extract_batch_size: int = knob(ge=1)
     vocab_min_freq: int = knob(ge=1)
+    eval_captions: str = knob(choices=("all", "first"))
+
+
+# Validation metrics a run may pick its best checkpoint and stop by (all higher-is-better, as logged by
+# mlcap.models.lit_module): the competition's samples-F1, the field's (mAP, CP ... OF1), the averaged F1s.
+MONITORS = (
+    "val/samples_f1",
+    *(f"val/{name}" for name in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")),
+    *(f"val/{avg}_{m}" for avg in ("micro", "macro", "weighted") for m in ("f1", "precision", "recall")),
+)
 
 
 @dataclass
@@ -158,6 +168,7 @@ class TrainSchema:
     lr: float = knob(gt=0.0)
     threshold: float = knob(gt=0.0, lt=1.0)
     threshold_calibration: str = knob(choices=("none", "global", "per_class"))
+    monitor: str = knob(choices=MONITORS)
     tta: bool = knob()
     ckpt_path: str | None = knob()
     threads: int | None = knob(ge=1)
@@ -347,7 +358,7 @@ def _check_paths(v: Mapping[str, Any], cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "data.demo") is None and not root.is_dir():
         raise SettingsError(
             f"data.root={v['data.root']!r} is not allowed: there is no such folder; pass the folder that holds "
-            "train.csv, test.csv and data/ (the demo data set is generated where data=demo says)"
+            "the data set's files (the demo data set is generated where data=demo says)"
         )
 
 
@@ -428,6 +439,10 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check every public key of a composed train config; return them as {dotted key: value}."""
     from mlcap.runs import resolved_task_config
 
+    data = cfg.get("data")
+    if isinstance(data, DictConfig) and "root" in data.keys() and OmegaConf.is_missing(data, "root"):  # noqa: SIM118
+        # Named before resolving: the data node's reader links `${..root}`, which cannot resolve without it.
+        raise SettingsError("data.root is required (e.g. data.root=...): no value was given")
     resolved = OmegaConf.create(resolved_task_config(cfg, "<run folder>"))
     values: dict[str, Any] = {}
     for prefix, schema in SCHEMAS.items():

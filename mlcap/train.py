@@ -25,10 +25,11 @@ from mlcap.calibration import calibrate, cross_fitted_f1
 from mlcap.checkpoints import check_resumable, check_same_network, load_checkpoint
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule
+from mlcap.data.datamodule import build_datamodule as datamodule_from
 from mlcap.data.word_vectors import train_word_vectors
 from mlcap.extraction import prepare_inputs
 from mlcap.inference import probabilities
-from mlcap.metrics import classification_table, decide_labels, samples_f1
+from mlcap.metrics import classification_table, decide_labels, field_metrics, samples_f1
 from mlcap.models.fusion import inference_size_bytes
 from mlcap.models.image_encoders import build_backbone
 from mlcap.models.lit_module import MultiLabelClassifier
@@ -276,8 +277,9 @@ def check_encoders(cfg: DictConfig) -> None:
 
 
 def build_datamodule(cfg: DictConfig) -> CaptionImageDataModule:
-    """Read, check, split and tokenise the CSVs (the model's frozen parts run later: mlcap.extraction)."""
-    datamodule: CaptionImageDataModule = hydra.utils.instantiate(cfg.data)
+    """Read (through the data node's reader), check, split and tokenise the rows (the model's frozen parts run
+    later: mlcap.extraction)."""
+    datamodule = datamodule_from(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
@@ -420,9 +422,10 @@ def calibrate_threshold(
 def write_tables(
     best: MultiLabelClassifier, evaluation: Evaluation, threshold: float | list[float], output_dir: Path
 ) -> dict[str, Any]:
-    """per_class.csv / per_class.md, and the averaged precision/recall/F1 they hold, for metrics.json."""
+    """per_class.csv / per_class.md (by label name), the averaged precision/recall/F1 they hold and the field's
+    metrics (mAP, CP ... OF1 at the threshold), for metrics.json."""
     preds = decide_labels(evaluation.probs, best.threshold).int()
-    table = classification_table(preds.numpy(), evaluation.target.int().numpy(), best.label_ids)
+    table = classification_table(preds.numpy(), evaluation.target.int().numpy(), best.label_names)
     write_atomic(output_dir / "per_class.csv", table.to_csv(index_label="label"))
     write_atomic(output_dir / "per_class.md", table.to_markdown(floatfmt=".3f") + "\n")
     averages = {
@@ -430,7 +433,10 @@ def write_tables(
         for avg in ("micro avg", "macro avg", "weighted avg", "samples avg")
         for metric in ("precision", "recall", "f1")
     }
-    return {"val_samples_f1": averages["val_samples_f1"], **averages, "threshold": threshold}
+    field = {
+        f"val_{k}": v for k, v in field_metrics(evaluation.probs, preds, evaluation.target.int()).items()
+    }
+    return {"val_samples_f1": averages["val_samples_f1"], **averages, **field, "threshold": threshold}
 
 
 def _run_facts(

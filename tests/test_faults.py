@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from PIL import Image
 
 from mlcap.data.comp5329 import DataFormatError, read_captions_csv
-from mlcap.data.datamodule import CaptionImageDataModule
+from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule
 from mlcap.data.feature_cache import ExtractionSpec, FeatureCache
 from mlcap.data.text import Vocabulary
 from mlcap.extraction import prepare_inputs
 from mlcap.models.image_encoders import ImageEncoder
 
-LABEL_IDS = list(range(1, 20))
 SPEC = ExtractionSpec("small_cnn", "test-weights", (32, 32), (0.5,) * 3, (0.5,) * 3, views=4)
 
 
@@ -35,9 +35,16 @@ def data(tiny_demo: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_demo, tmp_path / "data-copy"))
 
 
-def module(root: Path, **overrides: object) -> CaptionImageDataModule:
-    settings: dict = {"image_size": 32, "num_workers": 0, "cache_views": 1, "cache_dir": str(root / "cache")}
-    return CaptionImageDataModule(root=str(root), label_ids=LABEL_IDS, **{**settings, **overrides})
+def module(root: Path, vocab: Vocabulary | None = None, **overrides: object) -> CaptionImageDataModule:
+    """data=comp5329 on `root`, as train.py builds it, with the test's overrides."""
+    settings = [
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.cache_views=1",
+        f"data.cache_dir={root / 'cache'}",
+    ]
+    data = compose_config("train", "data=comp5329", f"data.root={root}", *settings).data
+    return build_datamodule(data, vocab=vocab, **overrides)
 
 
 def replace_line(path: Path, line: int, text: str) -> str:

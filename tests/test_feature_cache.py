@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, compose_config
 from PIL import Image
 
-from mlcap.data.datamodule import CaptionImageDataModule
+from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule
 from mlcap.data.datasets import CaptionRows, image_transform
 from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
 from mlcap.extraction import prepare_inputs
@@ -204,15 +204,14 @@ def test_train_rows_subset_keeps_validation_and_reuses_the_whole_csv_cache(
     tiny_demo: Path, tmp_path: Path
 ) -> None:
     def module(train_rows: int | None) -> CaptionImageDataModule:
-        dm = CaptionImageDataModule(
-            root=str(tiny_demo),
-            label_ids=list(range(1, 20)),
-            image_size=32,
-            num_workers=0,
-            cache_dir=str(tmp_path),
-            cache_views=1,
-            train_rows=train_rows,
-        )
+        settings = [
+            "data.image_size=32",
+            "data.num_workers=0",
+            f"data.cache_dir={tmp_path}",
+            "data.cache_views=1",
+        ]
+        data = compose_config("train", "data=comp5329", f"data.root={tiny_demo}", *settings).data
+        dm = build_datamodule(data, train_rows=train_rows)
         dm.setup("fit")
         encoder = ImageEncoder(
             name="small_cnn", weights=None, pretrained=False, freeze=True, dropout=0.0, trainable_blocks=0,
@@ -263,13 +262,8 @@ def test_batches_are_gathered_whole_and_survive_a_distributed_sampler(
     assert batch.tokens.shape == (3, 4) and torch.equal(batch.tokens, tokens[[5, 0, 11], :4])
     assert dataset.__getitems__([0, 3]).tokens.shape == (2, 1)
 
-    dm = CaptionImageDataModule(
-        root=str(tiny_demo),
-        label_ids=list(range(1, 20)),
-        batch_size=32,
-        num_workers=0,
-        cache_dir=str(tmp_path),
-    )
+    settings = ["data.batch_size=32", "data.num_workers=0", f"data.cache_dir={tmp_path}"]
+    dm = build_datamodule(compose_config("train", "data=comp5329", f"data.root={tiny_demo}", *settings).data)
     dm.setup("fit")
     dm.set_features("train", torch.zeros(240, 1, 8, dtype=torch.float16))
     loader = dm.train_dataloader()  # 192 training rows

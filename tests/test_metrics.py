@@ -1,13 +1,28 @@
-"""Samples F1, label decisions and report tables, checked against scikit-learn."""
+"""Samples F1, the field's metrics (mAP, CP ... OF1), label decisions and report tables, against scikit-learn."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import classification_report, f1_score
+from sklearn.metrics import (
+    average_precision_score,
+    classification_report,
+    f1_score,
+    precision_score,
+    recall_score,
+)
 
-from mlcap.metrics import AVERAGE_ROWS, SamplesF1, classification_table, decide_labels, samples_f1
+from mlcap.metrics import (
+    AVERAGE_ROWS,
+    FieldMetrics,
+    SamplesF1,
+    classification_table,
+    decide_labels,
+    field_metrics,
+    mean_average_precision,
+    samples_f1,
+)
 
 
 def _random_pair(n: int, c: int, seed: int, p: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +134,50 @@ def test_classification_table_matches_sklearn() -> None:
 
 def test_classification_table_errors() -> None:
     preds, target = _random_pair(10, 3, 8)
-    with pytest.raises(ValueError, match="label_ids has 2 entries"):
+    with pytest.raises(ValueError, match="label_names has 2 entries"):
         classification_table(preds, target, [1, 2])
     with pytest.raises(ValueError, match="0/1"):
         classification_table(np.full((10, 3), 0.5), target, [1, 2, 3])
+
+
+@pytest.mark.parametrize(("n", "c", "seed"), [(40, 5, 0), (200, 19, 1), (7, 3, 2)])
+def test_map_matches_sklearn_average_precision_over_labels_with_positives(n: int, c: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    probs = rng.random((n, c)).astype(np.float32)
+    target = (rng.random((n, c)) < 0.3).astype(int)
+    target[:, 0] = 0  # a label without positives (COMP5329's 12) is left out, not counted as 0
+    target[0, 1] = 1
+    present = [j for j in range(c) if target[:, j].any()]
+    expected = np.mean([average_precision_score(target[:, j], probs[:, j]) for j in present])
+    assert float(mean_average_precision(torch.from_numpy(probs), torch.from_numpy(target))) == pytest.approx(
+        expected, abs=1e-6
+    )
+
+
+def test_field_metrics_are_ml_gcns_cp_cr_cf1_op_or_of1_and_accumulate() -> None:
+    rng = np.random.default_rng(3)
+    probs = torch.from_numpy(rng.random((60, 6)).astype(np.float32))
+    target = torch.from_numpy((rng.random((60, 6)) < 0.4).astype(int))
+    target[:, 5] = 0
+    preds = decide_labels(probs, 0.5).int()
+    got = field_metrics(probs, preds, target)
+    y, p = target.numpy(), preds.numpy()
+    present = y.sum(0) > 0
+    cp = precision_score(y, p, average=None, zero_division=0)[present].mean()
+    cr = recall_score(y, p, average=None, zero_division=0)[present].mean()
+    op, o_r = precision_score(y, p, average="micro"), recall_score(y, p, average="micro")
+    expected = {
+        "CP": cp,
+        "CR": cr,
+        "CF1": 2 * cp * cr / (cp + cr),
+        "OP": op,
+        "OR": o_r,
+        "OF1": 2 * op * o_r / (op + o_r),
+    }
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-6), name
+    metric = FieldMetrics(6)
+    for rows in (slice(0, 25), slice(25, 60)):
+        metric.update(probs[rows], preds[rows], target[rows])
+    for name, value in metric.compute().items():
+        assert float(value) == pytest.approx(got[name], abs=1e-6), name

@@ -321,7 +321,10 @@ def test_the_checkpoint_alone_rebuilds_the_model(build: Build, tmp_path: Path) -
     model, _ = build("model/loss=weighted_bce", "model.attention=false", "model/scheduler=onecycle")
     assert set(model.hparams) == {"model", "data", "threshold", "tta"}
     assert all(_plain(value) for value in model.hparams.values())  # no live objects, no DictConfig
-    assert model.hparams["data"]["label_ids"] == list(range(1, 20)) and "preprocessing" not in model.hparams
+    assert (
+        model.hparams["data"]["label_names"] == [str(i) for i in range(1, 20)]
+        and "preprocessing" not in model.hparams
+    )
     path = tmp_path / "model.ckpt"
     trainer = pl.Trainer(
         logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
@@ -332,7 +335,7 @@ def test_the_checkpoint_alone_rebuilds_the_model(build: Build, tmp_path: Path) -
     assert torch.load(path, weights_only=False)[LAYOUT_KEY] == LAYOUT
     batch = inputs(model)
     torch.testing.assert_close(outputs(loaded, batch), outputs(model, batch))
-    assert loaded.net.rnn_encoder.attention is None and loaded.label_ids == model.label_ids
+    assert loaded.net.rnn_encoder.attention is None and loaded.label_names == model.label_names
 
 
 def test_a_checkpoint_of_the_previous_layout_is_refused_in_one_line(build: Build, tmp_path: Path) -> None:
@@ -340,7 +343,7 @@ def test_a_checkpoint_of_the_previous_layout_is_refused_in_one_line(build: Build
     old = {
         "state_dict": model.state_dict(),
         "hyper_parameters": {
-            "label_ids": model.label_ids,
+            "label_ids": [int(name) for name in model.label_names],
             "vocab_tokens": ["[PAD]", "[UNK]"],
             "attention": True,
         },

@@ -67,6 +67,7 @@ def metrics(f1: float, size: float = 16.4, seconds: float = 30.0) -> dict[str, A
         "under_100mb": size <= 100,
         "wall_time_s": seconds,
         "epochs": 3,
+        **{f"val_{name}": f1 - 0.1 for name in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")},
     }
 
 
@@ -170,6 +171,11 @@ def test_report_files(sweep: Path) -> None:
         assert (sweep / name).stat().st_size > 0, name
     settings = pd.read_csv(sweep / "settings.csv")
     assert list(settings["n"]) == [3, 1]
+    # The field's metrics beside samples-F1: all seven in the CSVs, mAP, CF1 and OF1 in report.md.
+    assert settings["val_CP_mean"].tolist() == pytest.approx([0.5, 0.3])
+    header = next(line for line in report.splitlines() if "val samples-F1" in line and line.startswith("|"))
+    assert "val mAP" in header and "val CF1" in header and "val OF1" in header
+    assert "0.5000 ± 0.1000" in report
     jobs = pd.read_csv(sweep / "jobs.csv")
     assert list(jobs["status"]).count("failed") == 1 and len(jobs) == 7
 

@@ -126,7 +126,10 @@ def test_predict_round_trip_from_checkpoint_alone(
         ids = [int(x) for x in labels.split()]
         assert ids and set(ids) <= label_ids, labels
     rows, labels_csv = _as_test_files(_validation_rows(tiny_demo), tmp_path / "val")
-    overrides = [f"ckpt_path={metrics['checkpoint']}", f"data.csv={rows}", f"labels_csv={labels_csv}"]
+    overrides = [
+        f"ckpt_path={metrics['checkpoint']}", "data=comp5329", f"data.root={tiny_demo}", f"data.predict_csv={rows}",
+        f"labels_csv={labels_csv}",
+    ]  # fmt: skip
     val = predict(
         compose_config("predict", *overrides, f"output={tmp_path / 'val.csv'}", output_dir=tmp_path)
     )

@@ -371,3 +371,54 @@ def check_images(
         raise FileNotFoundError(msg + (" Also: " + unreadable_msg if unreadable_msg else ""))
     if unreadable:
         raise DataFormatError(unreadable_msg)
+
+
+class Comp5329Reader:
+    """The COMP5329 files as rows (`mlcap.data.reader.CaptionReader`): the strict reader above, label ids as
+    names ("1".."19", so submissions keep the ids byte for byte), one caption a row; `demo` generates the
+    built-in demo set (in this format) under `root` on first use."""
+
+    def __init__(
+        self,
+        root: str,
+        labels: Sequence[int],
+        train_csv: str = "train.csv",
+        predict_csv: str = "test.csv",
+        image_dir: str = "data",
+        demo: dict | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.labels = [int(label) for label in labels]
+        self.files = {"train": train_csv, "predict": predict_csv}
+        self.image_dir = self.root / image_dir
+        self.demo = dict(demo) if demo else None
+
+    def prepare(self) -> None:
+        if self.demo is not None:
+            from mlcap.data.demo import ensure_demo
+
+            ensure_demo(self.root, **self.demo)
+
+    def describe(self, split: str) -> str:
+        path = Path(self.files[split]).expanduser()
+        return str(path if path.is_absolute() else self.root / path)
+
+    def read(self, split: str) -> pd.DataFrame:
+        path = Path(self.describe(split))
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist (set data.root to the folder holding train.csv, test.csv and data/)"
+            )
+        table = read_captions_csv(path)
+        if split == "train":
+            if "labels" not in table:
+                raise DataFormatError(f"{path} has no Labels column; training needs labelled rows")
+            check_labels(table, self.labels, path)
+            table["labels"] = [[str(label) for label in row] for row in table["labels"]]
+        table["captions"] = [[caption] for caption in table["caption"]]
+        table["path"] = [self.image_dir / image_id for image_id in table["image_id"]]
+        table["source"] = [_where(path, line) for line in table["line"]]
+        return table
+
+    def label_names(self, train: pd.DataFrame) -> list[str]:
+        return [str(label) for label in self.labels]

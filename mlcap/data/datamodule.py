@@ -1,21 +1,24 @@
-"""LightningDataModule for caption+image CSV data sets in the COMP5329 layout (the real one and the demo)."""
+"""LightningDataModule over the rows of any reader (mlcap.data.reader): COMP5329, CSV, JSON Lines, COCO."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import hydra
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
 from platformdirs import user_cache_dir
 from torch.utils.data import DataLoader
 
-from mlcap.data.comp5329 import DataFormatError, check_images, check_labels, read_captions_csv
+from mlcap.data.comp5329 import DataFormatError
 from mlcap.data.datasets import (
+    CaptionChoice,
     CaptionRows,
     ImagePreprocessing,
     image_hw,
@@ -23,28 +26,31 @@ from mlcap.data.datasets import (
     whole_batch,
     worker_context,
 )
-from mlcap.data.demo import ensure_demo
 from mlcap.data.feature_cache import FeatureCache
 from mlcap.data.metadata import DataMetadata
+from mlcap.data.reader import CaptionReader, Split, check_image_files, check_known_labels
 from mlcap.data.text import Vocabulary, preprocess_caption
 
 log = logging.getLogger(__name__)
+EVAL_CAPTIONS = ("all", "first")
 
 
 def default_cache_dir() -> Path:
     return Path(user_cache_dir("mlcap"))
 
 
-def multi_hot(label_lists: Sequence[Sequence[int]], label_ids: Sequence[int]) -> torch.Tensor:
-    index = {label: i for i, label in enumerate(label_ids)}
-    target = torch.zeros(len(label_lists), len(label_ids))
+def multi_hot(label_lists: Sequence[Sequence[str]], names: Sequence[str]) -> torch.Tensor:
+    index = {label: i for i, label in enumerate(names)}
+    target = torch.zeros(len(label_lists), len(names))
     for row, labels in enumerate(label_lists):
         target[row, [index[label] for label in labels]] = 1.0
     return target
 
 
 def split_indices(rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded shuffle split; independent of the training seed so every run of a study sees the same rows."""
+    """Seeded shuffle split; independent of the training seed so every run of a study sees the same rows.
+
+    The one place rows are split into training and validation (a k-fold split would replace this)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(rows)
@@ -52,42 +58,75 @@ def split_indices(rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def portable_config(node: DictConfig) -> dict[str, Any]:
+    """The data node as plain values (the checkpoint keeps them; predict.py rebuilds the reader from them):
+    resolved in its config, except the reader node, kept with its `${..key}` links so that a new data.root or
+    file key still reaches it; a root that is set is made absolute (predict.py may run elsewhere)."""
+    plain: dict[str, Any] = {}
+    for key in node:
+        if key == "reader" or OmegaConf.is_missing(node, key):
+            plain[key] = OmegaConf.to_container(node, resolve=False)[key]
+        else:
+            value = node[key]
+            plain[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    if isinstance(plain.get("root"), str) and plain["root"] != "???":
+        plain["root"] = str(Path(plain["root"]).expanduser().absolute())
+    return plain
+
+
+def build_datamodule(
+    node: DictConfig | Mapping[str, Any], vocab: Vocabulary | None = None, **overrides: Any
+) -> CaptionImageDataModule:
+    """The one way to build the data module (train.py, predict.py, mlcap.eda): the `data` node (`_target_`
+    with its `reader` node) with `overrides` (predict.py: what the checkpoint fixes) merged over its keys."""
+    plain = portable_config(node) if isinstance(node, DictConfig) else dict(node)
+    merged = OmegaConf.merge(OmegaConf.create(plain), overrides)
+    datamodule: CaptionImageDataModule = hydra.utils.instantiate(merged, vocab=vocab)
+    datamodule.config = portable_config(merged)  # type: ignore[arg-type]
+    return datamodule
+
+
 class CaptionImageDataModule(pl.LightningDataModule):
-    """Reads, validates, splits and tokenises the data; serves images or cached frozen-backbone features.
+    """Reads rows through its reader, validates, splits and tokenises them; serves images or cached features.
 
     It knows nothing of models: `mlcap.extraction.prepare_inputs` gives it the model's image preprocessing and
     the cached outputs of the model's frozen parts (`set_features`, `set_sentences`), which it then serves
-    in place of decoded images; without them it decodes images for a backbone that trains.
+    in place of decoded images; without them it decodes images for a backbone that trains. An image may have
+    several captions: training draws one per image per epoch; validation and prediction average the
+    probabilities over all of them (`eval_captions: all`) or use the first (`first`).
     """
 
     def __init__(
         self,
-        root: str,
-        label_ids: Sequence[int],
-        train_csv: str = "train.csv",
-        predict_csv: str = "test.csv",
-        image_dir: str = "data",
-        batch_size: int = 64,
-        val_fraction: float = 0.2,
-        split_seed: int = 0,
-        train_rows: int | None = None,
-        max_len: int = 32,
-        image_size: int | Sequence[int] | None = 224,
-        num_workers: int = 2,
-        cache: bool = True,
-        cache_dir: str | None = None,
-        cache_views: int = 4,
-        extract_batch_size: int = 64,
-        vocab_min_freq: int = 1,
-        demo: dict[str, Any] | None = None,
+        *,
+        reader: CaptionReader,
+        batch_size: int,
+        val_fraction: float,
+        split_seed: int,
+        train_rows: int | None,
+        max_len: int,
+        image_size: int | Sequence[int] | None,
+        num_workers: int,
+        cache: bool,
+        cache_dir: str | None,
+        cache_views: int,
+        extract_batch_size: int,
+        vocab_min_freq: int,
+        eval_captions: str,
         vocab: Vocabulary | None = None,
+        label_names: Sequence[str] | None = None,
+        **reader_keys: Any,
     ) -> None:
+        """`reader_keys`: the reader's own data keys (data.root, data.train_file, data.columns, ...), which the
+        `reader` node reads through `${..key}`; they sit in the data node so each is one `data.` key."""
         super().__init__()
-        self.root = Path(root).expanduser()
-        self.label_ids = list(label_ids)
-        self.train_csv = train_csv
-        self.predict_csv = predict_csv
-        self.image_dir = image_dir
+        if eval_captions not in EVAL_CAPTIONS:
+            raise ValueError(f"data.eval_captions must be one of {EVAL_CAPTIONS}, got {eval_captions!r}")
+        self.reader = reader
+        # What joins two labels in submission.csv (predict.py): the data's label_sep, a space where it has none.
+        self.label_sep = str(reader_keys.get("label_sep") or " ")
+        self.config: dict[str, Any] = {}
+        self.label_names = list(label_names) if label_names is not None else None
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
@@ -101,7 +140,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.cache_views = cache_views
         self.extract_batch_size = extract_batch_size
         self.vocab_min_freq = vocab_min_freq
-        self.demo = dict(demo) if demo else None
+        self.eval_captions = eval_captions
         self.vocab = vocab
         self.image_preprocessing: ImagePreprocessing | None = None
         self.tables: dict[str, pd.DataFrame] = {}
@@ -110,68 +149,65 @@ class CaptionImageDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- reading
     def prepare_data(self) -> None:
-        if self.demo is not None:
-            ensure_demo(self.root, **self.demo)
+        self.reader.prepare()
 
-    def _csv_path(self, name: str) -> Path:
-        path = Path(name).expanduser()
-        return path if path.is_absolute() else self.root / path
-
-    def _read(self, name: str, labelled: bool) -> pd.DataFrame:
-        """The rows of a CSV, with labels checked; counting them comes before any image is decoded."""
-        path = self._csv_path(name)
-        if not path.exists():
-            hint = " (set data.root to the folder holding train.csv, test.csv and data/)"
-            raise FileNotFoundError(f"{path} does not exist{hint}")
-        table = read_captions_csv(path)
+    def _read(self, split: Split) -> pd.DataFrame:
+        """The reader's rows, checked (labels known, not empty); counting comes before any image is decoded."""
+        table = self.reader.read(split)
         if table.empty:
-            task = "training" if labelled else "prediction"
+            task = "training" if split == "train" else "prediction"
             raise DataFormatError(
-                f"{path} has a header but no data rows; {task} needs at least one. Check that it is the "
-                "complete file (or point data.root / data.csv at the right one)."
+                f"{self.reader.describe(split)} has a header but no data rows; {task} needs at least one. Check "
+                "that it is the complete file (or point the data keys at the right one)."
             )
-        if labelled:
-            if "labels" not in table:
-                raise ValueError(f"{path} has no Labels column; training needs labelled rows")
-            check_labels(table, self.label_ids, path)
-        table["source"] = [f"{path}, line {line}" for line in table["line"]]
+        if split == "train" and self.label_names is None:
+            self.label_names = self.reader.label_names(table)
+            clash = [name for name in self.label_names if self.label_sep in name]
+            if clash:
+                raise DataFormatError(
+                    f"label name(s) {clash[:3]} of {self.reader.describe(split)} hold data.label_sep="
+                    f"{self.label_sep!r}, which joins labels in submission.csv: set data.label_sep to text no "
+                    "label name holds (e.g. '|')"
+                )
+        if "labels" in table and self.label_names is not None:
+            check_known_labels(table, self.label_names)
         return table
 
-    def _load_images_and_tokens(self, table: pd.DataFrame, name: str) -> pd.DataFrame:
-        """Decode-check every image of the CSV (all at once, one error), then tokenise its captions."""
-        check_images(table, self.root / self.image_dir, self._csv_path(name))
-        table["path"] = [self.root / self.image_dir / image_id for image_id in table["image_id"]]
-        table["tokens"] = [preprocess_caption(caption) for caption in table["caption"]]
+    def _load_images_and_tokens(self, table: pd.DataFrame, split: Split) -> pd.DataFrame:
+        """Decode-check every image (all at once, one error), then tokenise every caption."""
+        check_image_files(table, self.reader.describe(split))
+        table["tokens"] = [[preprocess_caption(c) for c in captions] for captions in table["captions"]]
         return table
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and "train" not in self.tables:
-            table = self._read(self.train_csv, labelled=True)
+            table = self._read("train")
             train_idx, val_idx = split_indices(len(table), self.val_fraction, self.split_seed)
             self._check_sizes(len(table), len(train_idx), len(val_idx))
             unused_idx = None
             if self.train_rows is not None:
                 train_idx, unused_idx = self._subsample(train_idx)
-            table = self._load_images_and_tokens(table, self.train_csv)
+            table = self._load_images_and_tokens(table, "train")
             if unused_idx is not None:
-                # Kept so the feature cache still covers the whole CSV: a learning curve reuses one cache.
+                # Kept so the feature cache still covers the whole file: a learning curve reuses one cache.
                 self.tables["unused"] = table.iloc[unused_idx].reset_index(drop=True)
             self.tables["train"] = table.iloc[train_idx].reset_index(drop=True)
             self.tables["val"] = table.iloc[val_idx].reset_index(drop=True)
             if self.vocab is None:
-                self.vocab = Vocabulary.build(self.tables["train"]["tokens"], min_freq=self.vocab_min_freq)
+                self.vocab = Vocabulary.build(self.train_token_lists, min_freq=self.vocab_min_freq)
             log.info(
-                "data: %d train / %d val rows from %s, vocabulary %d words",
+                "data: %d train / %d val rows (%d captions) from %s, %d labels, vocabulary %d words",
                 len(self.tables["train"]),
                 len(self.tables["val"]),
-                self._csv_path(self.train_csv),
+                sum(len(c) for c in table["captions"]),
+                self.reader.describe("train"),
+                len(self.label_names or ()),
                 len(self.vocab),
             )
         if stage == "predict" and "predict" not in self.tables:
             if self.vocab is None:
                 raise ValueError("predicting needs the training vocabulary (it is stored in the checkpoint)")
-            table = self._read(self.predict_csv, labelled=False)
-            self.tables["predict"] = self._load_images_and_tokens(table, self.predict_csv)
+            self.tables["predict"] = self._load_images_and_tokens(self._read("predict"), "predict")
 
     def _check_sizes(self, rows: int, n_train: int, n_val: int) -> None:
         """Refuse splits and batches that cannot train, naming the counts and the key to change.
@@ -179,7 +215,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         A training batch needs 2 rows for batch norm; a last batch of 1 cannot happen since the training
         loader drops an incomplete last batch whenever there is more than one batch.
         """
-        path = self._csv_path(self.train_csv)
+        path = self.reader.describe("train")
         if n_train < 2:
             raise DataFormatError(
                 f"{path}: {rows} rows give {n_train} training and {n_val} validation rows at "
@@ -197,7 +233,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         assert self.train_rows is not None
         if not 2 <= self.train_rows <= len(train_idx):
             raise DataFormatError(
-                f"data.train_rows={self.train_rows}, but the split of {self._csv_path(self.train_csv)} has "
+                f"data.train_rows={self.train_rows}, but the split of {self.reader.describe('train')} has "
                 f"{len(train_idx)} training rows; use 2..{len(train_idx)} (batch norm cannot train on one) "
                 "or null for all"
             )
@@ -207,21 +243,21 @@ class CaptionImageDataModule(pl.LightningDataModule):
     def metadata(self) -> DataMetadata:
         """What a checkpoint carries to rebuild this data's inputs (after setup("fit"); the image size is
         resolved once the image encoder is known)."""
-        assert self.vocab is not None
+        assert self.vocab is not None and self.label_names is not None
         return DataMetadata(
-            label_ids=tuple(self.label_ids),
+            label_names=tuple(self.label_names),
             vocabulary=tuple(self.vocab.tokens),
             max_len=self.max_len,
             image_size=self._image_size,
             cache_views=self.cache_views,
-            root=str(self.root.absolute()),  # predict.py may run from another folder
-            image_dir=self.image_dir,
+            eval_captions=self.eval_captions,
+            data=self.config,
         )
 
     @property
     def train_token_lists(self) -> list[list[str]]:
-        """Preprocessed train-split captions, for training word vectors on train data only."""
-        return list(self.tables["train"]["tokens"])
+        """Every preprocessed caption of the train split, for the vocabulary and word vectors (train data only)."""
+        return [tokens for row in self.tables["train"]["tokens"] for tokens in row]
 
     # ------------------------------------------------- inputs the model decides
     def image_size_for(self, encoder_size: tuple[int, int]) -> tuple[int, int]:
@@ -250,7 +286,8 @@ class CaptionImageDataModule(pl.LightningDataModule):
         return [p for t in tables for p in t["path"]], [w for t in tables for w in t["source"]]
 
     def captions(self, split: str) -> list[str]:
-        return list(self.tables[split]["caption"])
+        """Every caption of a split's rows, row after row (what a sentence encoder's cache covers)."""
+        return [caption for row in self.tables[split]["captions"] for caption in row]
 
     def set_features(self, source: str, features: torch.Tensor) -> None:
         """Frozen-backbone outputs [rows, views, ...] of every row of a CSV, in `images(source)` order; from
@@ -261,7 +298,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
             offset += len(table)
 
     def set_sentences(self, split: str, states: torch.Tensor) -> None:
-        """A frozen sentence encoder's output for each caption of a split, served with the row."""
+        """A frozen sentence encoder's output for each caption of a split (`captions(split)` order)."""
         self._sentences[split] = states
 
     @property
@@ -274,19 +311,26 @@ class CaptionImageDataModule(pl.LightningDataModule):
         table = self.tables[split]
         if "labels" not in table:
             raise ValueError(f"the {split!r} split has no labels")
-        return multi_hot(table["labels"], self.label_ids)
+        assert self.label_names is not None
+        return multi_hot(table["labels"], self.label_names)
 
     def dataset(self, split: str, train: bool, view: int = 0) -> CaptionRows:
         table = self.tables[split]
         assert self.vocab is not None
-        tokens, lengths = self.vocab.encode_batch(list(table["tokens"]), self.max_len)
+        tokens, lengths = self.vocab.encode_batch([t for row in table["tokens"] for t in row], self.max_len)
         labels = self.labels(split) if "labels" in table else None
         sentences = self._sentences.get(split)
+        counts = torch.tensor([len(row) for row in table["tokens"]], dtype=torch.long)
+        captions = None  # one caption a row: the caption is the row
+        if int(counts.max()) > 1:
+            mode = "draw" if train else self.eval_captions
+            captions = CaptionChoice(torch.cumsum(counts, 0) - counts, counts, mode)
         if split in self._features:
             return CaptionRows(
                 tokens,
                 lengths,
                 labels,
+                captions=captions,
                 features=self._features[split],
                 random_view=train,
                 view=view,
@@ -304,6 +348,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
             labels,
             image_paths=list(table["path"]),
             transform=transform,
+            captions=captions,
             draft_size=pre.size,
             sentences=sentences,
         )

@@ -112,6 +112,31 @@ def collate_images(
     return torch.stack([image for _, image, _ in items]), []  # type: ignore[misc]
 
 
+@dataclass(frozen=True)
+class CaptionChoice:
+    """Which caption(s) of a row a batch carries, when rows have several (captions stored row after row).
+
+    `draw`: one at random per row each time the row is fetched (once an epoch, as the flip views); `first`:
+    the row's first; `all`: every caption as its own item, with `Batch.groups` naming the row of each, so the
+    model averages their probabilities per row.
+    """
+
+    start: torch.Tensor  # [rows] index of each row's first caption
+    count: torch.Tensor  # [rows] captions per row (at least 1)
+    mode: str  # draw | first | all
+
+    def items(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Caption indices of the batch's items and, for `all`, the batch row of each item."""
+        start, count = self.start[rows], self.count[rows]
+        if self.mode == "draw":
+            return start + (torch.rand(len(rows)) * count).long().clamp(max=count - 1), None
+        if self.mode == "first":
+            return start, None
+        groups = torch.repeat_interleave(torch.arange(len(rows)), count)
+        offsets = torch.arange(len(groups)) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        return start[groups] + offsets, groups
+
+
 class CaptionRows(Dataset):
     """Rows with either image files (decoded on the fly) or cached backbone features of several views.
 
@@ -135,6 +160,7 @@ class CaptionRows(Dataset):
         draft_size: int | Sequence[int] | None = None,
         view: int = 0,
         sentences: torch.Tensor | None = None,
+        captions: CaptionChoice | None = None,
     ) -> None:
         if (image_paths is None) == (features is None):
             raise ValueError("give either image_paths (with a transform) or cached features")
@@ -148,9 +174,10 @@ class CaptionRows(Dataset):
         self.draft_size = draft_size
         self.view = view
         self.sentences = sentences
+        self.captions = captions
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self.captions.start) if self.captions is not None else len(self.tokens)
 
     def __getitem__(self, index: int) -> Batch:
         """A batch of one row."""
@@ -158,24 +185,29 @@ class CaptionRows(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         rows = torch.as_tensor(indices, dtype=torch.long)
-        lengths = self.lengths[rows]
+        texts, groups = self.captions.items(rows) if self.captions is not None else (rows, None)
+        lengths = self.lengths[texts]
         # Padding beyond the batch's longest caption carries nothing: cut it before the embedding and RNN.
-        tokens = self.tokens[rows, : int(lengths.max())]
+        tokens = self.tokens[texts, : int(lengths.max())]
+        sentences = self.sentences[texts] if self.sentences is not None else None
+        base = rows
+        if groups is not None:  # every caption its own item: the row's image and labels repeated
+            rows = rows[groups]
         labels = self.labels[rows] if self.labels is not None else None
-        sentences = self.sentences[rows] if self.sentences is not None else None
         if self.features is None:
             assert self.image_paths is not None and self.transform is not None
             images = torch.stack(
-                [self.transform(load_rgb(self.image_paths[i], self.draft_size)) for i in rows.tolist()]
+                [self.transform(load_rgb(self.image_paths[i], self.draft_size)) for i in base.tolist()]
             )
-            return Batch(tokens, lengths, images=images, sentences=sentences, labels=labels)
+            images = images[groups] if groups is not None else images
+            return Batch(tokens, lengths, images=images, sentences=sentences, labels=labels, groups=groups)
         views = self.features.shape[1]
         if self.random_view and views > 1:
             view = torch.randint(views, (len(rows),))
         else:
             view = torch.full((len(rows),), self.view, dtype=torch.long)
         features = self.features[rows, view]
-        return Batch(tokens, lengths, features=features, sentences=sentences, labels=labels)
+        return Batch(tokens, lengths, features=features, sentences=sentences, labels=labels, groups=groups)
 
 
 def whole_batch(batch: Batch) -> Batch:

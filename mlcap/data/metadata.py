@@ -11,20 +11,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-LAYOUT = 1  # bumped when a field changes meaning
+LAYOUT = 2  # bumped when a field changes meaning (2: label names, the data node, eval_captions)
 
 
 @dataclass(frozen=True)
 class DataMetadata:
-    """Label ids, vocabulary and the preprocessing settings of the training data."""
+    """Label names, vocabulary and the preprocessing settings of the training data."""
 
-    label_ids: tuple[int, ...]
+    label_names: tuple[str, ...]  # the model's outputs, as the data names them (COMP5329: "1" ... "19")
     vocabulary: tuple[str, ...]  # token of each word id (0: padding, 1: unknown)
     max_len: int  # tokens kept per caption
     image_size: tuple[int, int] | None  # (height, width) the images were resized to; None: the encoder's own
     cache_views: int  # cached flip views per image (test-time augmentation averages them)
-    root: str  # the training data's folder: predict.py's default data.root
-    image_dir: str  # images folder under root
+    eval_captions: str  # all | first: how an image's several captions are scored
+    # The training data node (plain values; the reader node and its keys): predict.py's default data.
+    data: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
     layout: int = LAYOUT
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,13 +42,13 @@ class DataMetadata:
             )
         size = values["image_size"]
         return cls(
-            label_ids=tuple(int(x) for x in values["label_ids"]),
+            label_names=tuple(str(x) for x in values["label_names"]),
             vocabulary=tuple(str(x) for x in values["vocabulary"]),
             max_len=int(values["max_len"]),
             image_size=None if size is None else (int(size[0]), int(size[1])),
             cache_views=int(values["cache_views"]),
-            root=str(values["root"]),
-            image_dir=str(values["image_dir"]),
+            eval_captions=str(values["eval_captions"]),
+            data=dict(values["data"]),
         )
 
 

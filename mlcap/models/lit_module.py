@@ -15,7 +15,7 @@ from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, 
 from mlcap.batch import Batch
 from mlcap.checkpoints import LAYOUT, LAYOUT_KEY, check_checkpoint
 from mlcap.data.metadata import DataMetadata
-from mlcap.metrics import SamplesF1, decide_labels
+from mlcap.metrics import FieldMetrics, SamplesF1, decide_labels
 from mlcap.models.fusion import build_fusion_net
 from mlcap.settings import model_settings
 
@@ -58,13 +58,14 @@ class MultiLabelClassifier(pl.LightningModule):
         self.net = build_fusion_net(
             self.settings,
             model["image_encoder"],
-            num_labels=len(self.label_ids),
+            num_labels=len(self.label_names),
             vocab_size=len(self.metadata.vocabulary),
             word_vectors=embedding_init,
             load_pretrained=load_pretrained,
         )
         self.loss_fn = hydra.utils.instantiate(model["loss"])
-        self.val_metrics = _metric_collection(len(self.label_ids), prefix="val/")
+        self.val_metrics = _metric_collection(len(self.label_names), prefix="val/")
+        self.val_field = FieldMetrics(len(self.label_names))  # mAP, CP ... OF1: logged as val/mAP, ...
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -79,8 +80,8 @@ class MultiLabelClassifier(pl.LightningModule):
         checkpoint[LAYOUT_KEY] = LAYOUT
 
     @property
-    def label_ids(self) -> list[int]:
-        return list(self.metadata.label_ids)
+    def label_names(self) -> list[str]:
+        return list(self.metadata.label_names)
 
     @property
     def threshold(self) -> float | torch.Tensor:
@@ -112,17 +113,22 @@ class MultiLabelClassifier(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         logits = self(batch)
         loss = self.loss_fn(logits, batch.target)
-        preds = decide_labels(torch.sigmoid(logits), self.threshold).int()
-        self.val_metrics.update(preds, batch.target.int())
+        # Several captions of an image come as items of their own: their probabilities are averaged per image.
+        probs, target = batch.per_row(torch.sigmoid(logits)), batch.per_row(batch.target).int()
+        preds = decide_labels(probs, self.threshold).int()
+        self.val_metrics.update(preds, target)
+        self.val_field.update(probs, preds, target)
         self.log("val/loss", loss, on_epoch=True, batch_size=len(batch))
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute())
+        self.log_dict({f"val/{name}": value for name, value in self.val_field.compute().items()})
         self.val_metrics.reset()
+        self.val_field.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Probabilities; thresholding belongs to the caller, which may calibrate it."""
-        return torch.sigmoid(self(batch))
+        return batch.per_row(torch.sigmoid(self(batch)))
 
     @property
     def base_lr(self) -> float:
