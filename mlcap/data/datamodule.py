@@ -18,6 +18,7 @@ from mlcap.data.comp5329 import DataFormatError, check_images, check_labels, rea
 from mlcap.data.datasets import CaptionRows, ImagePreprocessing, image_hw, image_transform, whole_batch
 from mlcap.data.demo import ensure_demo
 from mlcap.data.feature_cache import FeatureCache
+from mlcap.data.folds import fold_indices
 from mlcap.data.metadata import DataMetadata
 from mlcap.data.text import Vocabulary, preprocess_caption
 
@@ -63,6 +64,8 @@ class CaptionImageDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         val_fraction: float = 0.2,
         split_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
         train_rows: int | None = None,
         max_len: int = 32,
         image_size: int | Sequence[int] | None = 224,
@@ -84,6 +87,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.folds, self.fold = folds, fold  # k-fold cross-validation (mlcap.data.folds); null: one split
         self.train_rows = train_rows
         self.max_len = max_len
         # None: the image encoder's own input size (timm's data config), known once it is attached.
@@ -140,7 +144,13 @@ class CaptionImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and "train" not in self.tables:
             table = self._read(self.train_csv, labelled=True)
-            train_idx, val_idx = split_indices(len(table), self.val_fraction, self.split_seed)
+            if self.folds is None:
+                train_idx, val_idx = split_indices(len(table), self.val_fraction, self.split_seed)
+            else:
+                labels = list(table["labels"])
+                train_idx, val_idx = fold_indices(
+                    labels, self.label_ids, self.folds, self.fold, self.split_seed
+                )
             self._check_sizes(len(table), len(train_idx), len(val_idx))
             unused_idx = None
             if self.train_rows is not None:
