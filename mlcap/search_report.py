@@ -123,9 +123,9 @@ def search_sections(sweep_dir: str | Path) -> list[str]:
             f"### Best trial: {int(best['trial'])}",
             "",
             *([note, ""] if note else []),
-            f"val samples-F1 {_number(best['val_samples_f1'])} ({best['state']}); its settings as one run "
+            f"val samples-F1 {_number(best['val_samples_f1'])} ({best['state']}); its settings as one run"
             + (
-                "(on the usual single split; add `data.folds=... data.fold=...` for a fold):"
+                " (on the usual single split; add `data.folds=... data.fold=...` for a fold):"
                 if folds
                 else ":"
             ),
