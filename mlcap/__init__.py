@@ -6,6 +6,9 @@ import os
 # (a DataLoader worker, a parallel sweep job) shares the cores; passive waiting costs little for large ops.
 # Only effective before torch is first imported; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# logger=mlflow writes MLflow's local file store (mlruns/, conf/logger/mlflow.yaml), which MLflow 3 keeps in
+# maintenance mode and refuses unless this is set; a tracking server or database URI is unaffected.
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 from omegaconf import OmegaConf  # noqa: E402  (after the environment setting above, which must come first)
 
@@ -13,3 +16,8 @@ from omegaconf import OmegaConf  # noqa: E402  (after the environment setting ab
 # Cached, so a sweep's jobs (which copy the sweep config's resolver cache) see the sweep process's id.
 if not OmegaConf.has_resolver("pid"):
     OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
+
+# `${mlcap.run_name:${paths.output_dir}}` in conf/logger/mlflow.yaml: a tracker's run is named after its run
+# folder (a sweep job's folder carries its settings).
+if not OmegaConf.has_resolver("mlcap.run_name"):
+    OmegaConf.register_new_resolver("mlcap.run_name", lambda path: os.path.basename(str(path).rstrip("/")))

@@ -40,6 +40,7 @@ from mlcap.runs import (
     read_json,
     write_atomic,
 )
+from mlcap.search_report import search_sections
 
 __all__ = [
     "JobRecord",
@@ -73,6 +74,8 @@ METRIC_TITLES = {
 }
 FINISHED, FAILED, UNFINISHED, NOT_STARTED = "finished", "failed", "unfinished", "not started"
 _SEED_KEY = "seed"
+# Keys whose runs are repeats of one setting, aggregated as mean ± std (k-fold cross-validation: the folds).
+_REPEAT_KEYS = (_SEED_KEY, "data.fold")
 _ABSENT = "<absent>"
 
 
@@ -175,7 +178,7 @@ def load_jobs(sweep_dir: str | Path) -> list[JobRecord]:
 
 
 def varied_keys(jobs: Sequence[JobRecord]) -> list[str]:
-    """Config keys whose values differ between jobs (seed excluded: it is what the statistics run over)."""
+    """Config keys whose values differ between jobs (seed and data.fold excluded: the statistics run over them)."""
     configs = [j.config for j in jobs if j.config]
     keys: dict[str, None] = {}
     for config in configs:
@@ -183,7 +186,8 @@ def varied_keys(jobs: Sequence[JobRecord]) -> list[str]:
     return [
         key
         for key in keys
-        if key != _SEED_KEY and len({json.dumps(c.get(key, _ABSENT), default=str) for c in configs}) > 1
+        if key not in _REPEAT_KEYS
+        and len({json.dumps(c.get(key, _ABSENT), default=str) for c in configs}) > 1
     ]
 
 
@@ -455,6 +459,7 @@ def write_report(sweep_dir: str | Path, layout: str = "auto", paper: Mapping[str
     paper_best = next((f for f in figures if _is_best_model(f)), None)
     common = _common_overrides(jobs)
     lines = _report_header(sweep_dir, jobs, frame, keys, common)
+    lines += search_sections(sweep_dir)  # an Optuna search's trials, best command and plots (else nothing)
     lines += _results_sections(sweep_dir, jobs, settings, keys, paper_tables, one_at_a_time)
     lines += _paper_best_section(paper_best, jobs, keys) if paper_best else []
     lines += _best_run_section(jobs, sweep_dir, common)
@@ -503,7 +508,7 @@ def _report_header(
         "",
         f"Overrides common to all jobs: `{' '.join(common) or '(none)'}`.",
         "",
-        "Metrics are mean ± sample std over the finished seeds of each setting (n); losses and F1 are those "
+        "Metrics are mean ± sample std over the finished seeds (and k-fold folds) of each setting (n); losses and F1 are those "
         "of the best epoch (highest val samples-F1). Size is the model's inference size against the "
         f"{SIZE_LIMIT_MB:.0f} MB limit; run time is the mean wall time per job.",
         "",

@@ -36,6 +36,7 @@ BEST_CHECKPOINT = "checkpoints/best.ckpt"
 # go and how fast they are made, never what is computed. Dotted prefixes; everything else must match.
 VOLATILE_KEYS = (
     "paths",
+    "logger",  # trackers record a run; they do not change what it computes
     "ckpt_path",
     "threads",
     "data.cache_dir",

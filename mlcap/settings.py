@@ -143,6 +143,8 @@ class DataSchema:
     batch_size: int = knob(ge=2)  # batch norm needs 2 rows a batch in training
     val_fraction: float = knob(gt=0.0, lt=1.0)
     split_seed: int = knob(ge=0)
+    folds: int | None = knob(ge=2)  # k-fold cross-validation (mlcap.data.folds); null: one split
+    fold: int = knob(ge=0)
     train_rows: int | None = knob(ge=1)
     max_len: int = knob(ge=1)
     num_workers: int = knob(ge=0)
@@ -423,6 +425,10 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
         raise SettingsError(
             "model.image_encoder.trainable_blocks > 0 needs model.image_encoder.freeze=true "
             "(with freeze=false the whole backbone trains already)"
+        )
+    if v["data.folds"] is not None and v["data.fold"] >= v["data.folds"]:
+        raise SettingsError(
+            f"data.fold={v['data.fold']} is not allowed with data.folds={v['data.folds']}: use 0..{v['data.folds'] - 1}"
         )
     if v["trainer.min_epochs"] > v["trainer.max_epochs"]:
         raise SettingsError(

@@ -483,11 +483,14 @@ def set_checkpoint_threshold(path: Path, threshold: float | list[float]) -> None
 
 
 def log_comparison(trainer: pl.Trainer, hparams: Mapping[str, Any], varied: list[str], f1: float) -> None:
-    """TensorBoard's HPARAMS tab: the run's settings (varied keys marked) beside its best val samples-F1."""
+    """TensorBoard's HPARAMS tab: the run's settings (varied keys marked) beside its best val samples-F1 (other
+    trackers: that figure as a metric)."""
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             log_hparams(logger.experiment, hparams, varied, {"hp/best_val_samples_f1": f1})
-            logger.finalize("success")
+        else:  # CSV, MLflow: the same figure as a metric beside the run's hyperparameters
+            logger.log_metrics({"hp/best_val_samples_f1": f1}, step=trainer.global_step)
+        logger.finalize("success")
 
 
 def run_job(cfg: DictConfig) -> float | None:

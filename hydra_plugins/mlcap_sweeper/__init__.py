@@ -101,6 +101,8 @@ class MlcapSweeper(Sweeper):
         assert self.config is not None and self.hydra_context is not None
         config, loader = self.config, self.hydra_context.config_loader
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        if OmegaConf.select(config, "hparams_search", default=None) is not None:
+            return self._search(arguments, sweep_dir)
         try:  # a refusal is a clear message, not a traceback: nothing has run and no folder was touched
             check_n_jobs(OmegaConf.select(config, "hydra.launcher.n_jobs", default=1))
             compose = lambda overrides: loader.load_sweep_config(config, overrides)  # noqa: E731
@@ -133,12 +135,53 @@ class MlcapSweeper(Sweeper):
         finally:
             lock.release()
 
-    def _launch(self, job_lists: list[list[str]]) -> list[list[JobReturn]]:
+    def _search(self, arguments: list[str], sweep_dir: Path) -> Any:
+        """`hparams_search=<name>`: Optuna trials as job folders through the launcher (mlcap.search)."""
+        from mlcap.runs import RunFolderError, lock_folder
+        from mlcap.search import OptunaSearch, SearchSpec, launcher_parallel, split_arguments
+
+        assert self.config is not None and self.hydra_context is not None
+        config, loader = self.config, self.hydra_context.config_loader
+        try:
+            n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=1)
+            check_n_jobs(n_jobs)
+            base = split_arguments(arguments)
+            parser = OverridesParser.create(config_loader=loader)
+            swept = [o.input_line for o in parser.parse_overrides(base) if o.is_sweep_override()]
+            if swept or self.points or self.axes or self.params:
+                raise ValueError(
+                    f"a search varies the keys of hparams_search.params itself; drop the grid "
+                    f"({', '.join(swept) or 'sweep= points/axes'}) or run it as a sweep without hparams_search"
+                )
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            spec = SearchSpec.from_config(config.hparams_search, sweep_dir)
+            lock = lock_folder(sweep_dir)  # one command at a time per folder
+        except (ValueError, RunFolderError) as err:
+            raise SystemExit(f"error: {err}") from None
+        try:
+            OmegaConf.save(config, sweep_dir / "multirun.yaml")
+            search = OptunaSearch(
+                spec,
+                sweep_dir,
+                base,
+                compose=lambda overrides: loader.load_sweep_config(config, overrides),
+                launch=lambda job_lists, start: [
+                    r for batch in self._launch(job_lists, start) for r in batch
+                ],
+                parallel=launcher_parallel(n_jobs, self.max_batch_size),
+            )
+            return [search.run()]
+        except ValueError as err:  # SearchError, or a trial whose settings or folder cannot start
+            raise SystemExit(f"error: {err}") from None
+        finally:
+            lock.release()
+
+    def _launch(self, job_lists: list[list[str]], first_idx: int = 0) -> list[list[JobReturn]]:
         size = self.max_batch_size or max(len(job_lists), 1)
         returns: list[list[JobReturn]] = []
         for start in range(0, len(job_lists), size):
             batch = job_lists[start : start + size]
-            results = list(self.launcher.launch(batch, initial_job_idx=start))
+            results = list(self.launcher.launch(batch, initial_job_idx=first_idx + start))
             for overrides, result in zip(batch, results, strict=True):
                 # A job that raised is logged (and recorded in its failed.json); the others go on.
                 if result.status == JobStatus.FAILED:

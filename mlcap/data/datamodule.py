@@ -27,6 +27,7 @@ from mlcap.data.datasets import (
     worker_context,
 )
 from mlcap.data.feature_cache import FeatureCache
+from mlcap.data.folds import fold_indices
 from mlcap.data.metadata import DataMetadata
 from mlcap.data.reader import CaptionReader, Split, check_image_files, check_known_labels
 from mlcap.data.text import Vocabulary, preprocess_caption
@@ -103,6 +104,8 @@ class CaptionImageDataModule(pl.LightningDataModule):
         batch_size: int,
         val_fraction: float,
         split_seed: int,
+        folds: int | None = None,
+        fold: int = 0,
         train_rows: int | None,
         max_len: int,
         image_size: int | Sequence[int] | None,
@@ -130,6 +133,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.folds, self.fold = folds, fold  # k-fold cross-validation (mlcap.data.folds); null: one split
         self.train_rows = train_rows
         self.max_len = max_len
         # None: the image encoder's own input size (timm's data config), known once it is attached.
@@ -182,7 +186,13 @@ class CaptionImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and "train" not in self.tables:
             table = self._read("train")
-            train_idx, val_idx = split_indices(len(table), self.val_fraction, self.split_seed)
+            if self.folds is None:
+                train_idx, val_idx = split_indices(len(table), self.val_fraction, self.split_seed)
+            else:
+                assert self.label_names is not None
+                train_idx, val_idx = fold_indices(
+                    list(table["labels"]), self.label_names, self.folds, self.fold, self.split_seed
+                )
             self._check_sizes(len(table), len(train_idx), len(val_idx))
             unused_idx = None
             if self.train_rows is not None:
