@@ -6,14 +6,16 @@ Here every such file raises :class:`CheckpointError` naming the path, what is wr
 
 Lightning checkpoints are zip archives (torch's format) whose members carry CRC-32 checksums, so checking
 every member's CRC finds truncation and garbling in any byte without unpickling anything; unpickling then
-checks that it is a Lightning checkpoint at all. Loading uses ``weights_only=False``, as Lightning's own
-``load_from_checkpoint`` does by default: the hyper-parameters are pickled objects, so only load checkpoints
-you trust. A model checkpoint (one with hyper-parameters) of another layout than this code's (`LAYOUT`) is
+checks that it is a Lightning checkpoint at all. Loading is weights-only (``torch.load(weights_only=True)``):
+mlcap writes tensors and plain Python values only, so a file that needs any other object unpickled (the way a
+pickle runs code) is refused before anything in it is built, naming the file. A model checkpoint (one with hyper-parameters) of another layout than this code's (`LAYOUT`) is
 refused in one line naming the file: retrain with this version.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -80,7 +82,15 @@ def _load(path: Path, map_location: Any, automatic: bool, mmap: bool = False) ->
     if problem is None:
         is_zip = zipfile.is_zipfile(path)
         try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap and is_zip)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
+        except pickle.UnpicklingError as err:
+            if "weights_only" not in str(err).lower() and "weights only" not in str(err).lower():
+                raise CheckpointError(f"checkpoint {path} cannot be loaded ({err})") from None
+            raise CheckpointError(
+                f"checkpoint {path} is refused: it holds objects other than tensors and plain values "
+                f"({_refused_global(err)}), which mlcap never writes; loading it could run code. Use a "
+                "checkpoint written by mlcap"
+            ) from None
         except Exception as err:  # noqa: BLE001 - whatever torch or pickle raise, the file is unusable
             first = " ".join(str(err).split()).split(". ")[0][:160]  # torch's messages run on for lines
             kind = (
@@ -99,6 +109,14 @@ def _load(path: Path, map_location: Any, automatic: bool, mmap: bool = False) ->
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} {problem}. {_advice(path, automatic)}")
     return checkpoint
+
+
+def _refused_global(err: Exception) -> str:
+    """What torch's weights-only unpickler refused (e.g. `GLOBAL posix.system`), from its long message."""
+    found = re.search(
+        r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|[A-Z][\w ]*?GLOBAL [\w.]+)", str(err)
+    )
+    return found.group(1) if found else " ".join(str(err).split())[:120]
 
 
 def load_checkpoint(path: str | Path, *, map_location: Any = "cpu", automatic: bool = False) -> dict:

@@ -4,6 +4,7 @@ the labels written as the data names them (COMP5329: its numeric ids)."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,30 @@ def check_tta(
         )
 
 
+def check_output(output: Path, ckpt: Path, labels_csv: str | None, data_root: str | Path | None) -> None:
+    """Before any work: the submission must not replace an input (the checkpoint, the labels file, a file of
+    the data set) and its folder must be writable, so a typo never costs the data or the prediction."""
+    target = output.expanduser().resolve()
+    inputs = [("ckpt_path", ckpt), ("labels_csv", labels_csv)]
+    for key, path in inputs:
+        if path is not None and Path(path).expanduser().resolve() == target:
+            raise ValueError(
+                f"output={output} is {key}={path}: an output never replaces an input; choose another output"
+            )
+    if data_root is not None:
+        root = Path(data_root).expanduser().resolve()
+        if target.exists() and target.is_relative_to(root):
+            raise ValueError(
+                f"output={output} would replace {target}, a file of the data under data.root={root}; an output "
+                "never replaces an input: choose another output"
+            )
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"output={output}: the folder {folder} is not writable; choose another output")
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Write the submission CSV (one row per input row, input order) and return where it went (+ F1 if scored)."""
     quiet_libraries()
@@ -153,6 +178,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     tta = model.hparams["tta"] if cfg.get("tta") is None else bool(cfg.tta)
     check_tta(cfg, model, metadata, tta, ckpt)
     datamodule = prediction_data(cfg, metadata, tta)
+    check_output(Path(cfg.output), ckpt, cfg.get("labels_csv"), getattr(datamodule.reader, "root", None))
     datamodule.prepare_data()
     datamodule.setup("predict")
     prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder)

@@ -252,6 +252,7 @@ def check_jobs(
         try:
             config = compose(job_overrides(job))
             validate(config)
+            check_one_process_per_job(config)
             identity = _identity_text(resolved_task_config(config, sweep_dir / job.name))
             if identity in seen:
                 continue  # the same config as an earlier job of this sweep
@@ -272,6 +273,20 @@ def check_jobs(
             + "\n".join(f"- {p}" for p in problems)
         )
     return planned
+
+
+def check_one_process_per_job(config: DictConfig) -> None:
+    """DDP starts processes of its own; a local launcher's job re-running its command line in every one of
+    them would start the whole sweep again: refused before any job starts (SLURM starts DDP's tasks itself)."""
+    strategy = str(OmegaConf.select(config, "trainer.strategy", default="") or "")
+    devices = OmegaConf.select(config, "trainer.devices", default=1)
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if "ddp" in strategy and devices not in (1, "1", "auto") and "slurm" not in launcher.lower():
+        raise ValueError(
+            f"trainer.strategy={strategy} with trainer.devices={devices} does not mix with -m on a local launcher: "
+            "run DDP jobs one at a time (without -m), or through hydra/launcher=slurm with "
+            "hydra.launcher.tasks_per_node equal to trainer.devices"
+        )
 
 
 def _identity_text(resolved: Mapping[str, Any]) -> str:

@@ -120,7 +120,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     if launched_rank() == 0:  # DDP: the other ranks read the folder, never write it
         # Recorded once everything is built: a run that failed before training leaves no claim on the folder.
         write_atomic(output_dir / CONFIG_FILE, OmegaConf.to_yaml(resolved))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     _check_trained(trainer, cfg.data.batch_size)
     clock.trained()
     if not trainer.is_global_zero:

@@ -324,3 +324,14 @@ def test_launcher_n_jobs_is_checked_before_any_job_starts(tmp_path: Path) -> Non
         in (result.stdout)
     )
     assert "Traceback" not in result.stdout and not cache.exists() and not (tmp_path / "s").exists()
+
+
+def test_ddp_with_a_local_sweep_is_refused_before_any_job_starts(tmp_path: Path) -> None:
+    """DDP starts processes of its own: a local launcher's jobs cannot host it (issue 19, finding 4)."""
+    sweep_dir = tmp_path / "s"
+    result = _sweep(
+        ["trainer=ddp_cpu", "seed=0,1", f"paths.cache_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}"]
+    )
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "trainer.strategy=ddp with trainer.devices=2 does not mix with -m" in result.stdout
+    assert "Traceback" not in result.stdout and not sweep_dir.exists()

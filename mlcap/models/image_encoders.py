@@ -215,9 +215,15 @@ def _timm_from_file(name: str, path: Path) -> nn.Module:
     hint = f"the file must be timm {name}'s state dict (or a checkpoint dict with it under state_dict/model)"
     model = timm.create_model(name, pretrained=False, num_classes=0)
     try:
-        state = timm.models.load_state_dict(str(path), weights_only=False)  # unwraps state_dict/model/module.
+        # Weights-only: a weight file never runs code. timm unwraps state_dict/model/module.
+        state = timm.models.load_state_dict(str(path), weights_only=True)
         result = model.load_state_dict(state, strict=False)
     except Exception as err:  # torch/pickle/zip raise many types; name the file and what it must hold
+        if "weights_only" in str(err):  # an object a weights-only load refuses: never unpickled
+            raise RuntimeError(
+                f"model.image_encoder.weights={path} is refused: it holds objects other than tensors and plain "
+                f"values, and loading it could run code; {hint}"
+            ) from None
         raise RuntimeError(f"model.image_encoder.weights={path} cannot be loaded ({err}); {hint}") from err
     if result.missing_keys:
         missing = result.missing_keys

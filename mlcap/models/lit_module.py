@@ -74,7 +74,7 @@ class MultiLabelClassifier(pl.LightningModule):
         """Lightning's, after `mlcap.checkpoints.check_checkpoint`: a damaged file, or one of another mlcap
         version's layout, is named with what to do instead of failing inside Lightning."""
         check_checkpoint(checkpoint_path)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        return super().load_from_checkpoint(checkpoint_path, *args, weights_only=True, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[LAYOUT_KEY] = LAYOUT
