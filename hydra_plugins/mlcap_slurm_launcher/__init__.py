@@ -35,7 +35,7 @@ class MlcapSlurmConf(SlurmQueueConf):
     _target_: str = "hydra_plugins.mlcap_slurm_launcher.MlcapSlurmLauncher"
     # Longest wait between two state queries (sacct/squeue) while jobs run; submitit's own is 600 s.
     poll_s: int = 60
-    # conf/train.yaml sets the joblib launcher's n_jobs for local sweeps; SLURM ignores it (array_parallelism).
+    # A local launcher's knob, accepted and ignored (array_parallelism says how many jobs run at once).
     n_jobs: int | None = None
 
 

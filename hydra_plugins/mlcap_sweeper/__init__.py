@@ -104,7 +104,8 @@ class MlcapSweeper(Sweeper):
         if OmegaConf.select(config, "hparams_search", default=None) is not None:
             return self._search(arguments, sweep_dir)
         try:  # a refusal is a clear message, not a traceback: nothing has run and no folder was touched
-            check_n_jobs(OmegaConf.select(config, "hydra.launcher.n_jobs", default=1))
+            if "slurm" not in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
+                check_n_jobs(OmegaConf.select(config, "hydra.launcher.n_jobs", default=1))  # local launchers
             compose = lambda overrides: loader.load_sweep_config(config, overrides)  # noqa: E731
             planned = check_jobs(sweep_dir, self._jobs(arguments), compose)
             lock = lock_folder(sweep_dir)  # one sweep at a time per folder
