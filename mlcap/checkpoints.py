@@ -84,12 +84,15 @@ def _load(path: Path, map_location: Any, automatic: bool, mmap: bool = False) ->
         try:
             checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
         except pickle.UnpicklingError as err:
-            if "weights_only" not in str(err).lower() and "weights only" not in str(err).lower():
-                raise CheckpointError(f"checkpoint {path} cannot be loaded ({err})") from None
+            if "unsupported global" not in str(err).lower():
+                raise CheckpointError(
+                    f"checkpoint {path} is not a torch checkpoint ({_refused_global(err)}). "
+                    f"{_advice(path, automatic)}"
+                ) from None
             raise CheckpointError(
                 f"checkpoint {path} is refused: it holds objects other than tensors and plain values "
                 f"({_refused_global(err)}), which mlcap never writes; loading it could run code. Use a "
-                "checkpoint written by mlcap"
+                f"checkpoint written by mlcap. {_advice(path, automatic)}"
             ) from None
         except Exception as err:  # noqa: BLE001 - whatever torch or pickle raise, the file is unusable
             first = " ".join(str(err).split()).split(". ")[0][:160]  # torch's messages run on for lines
