@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_discovery_finds_every_training_group() -> None:
 
 
 @pytest.fixture(scope="module")
-def shared(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def shared(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     """One demo data set, its rows in every format, and one feature cache for all the cases."""
     tmp = tmp_path_factory.mktemp("groups")
     yield {"demo": tiny_demo, "formats": write_formats(tiny_demo, tmp / "formats"), "cache": tmp / "cache"}
@@ -110,6 +111,7 @@ def _train_in_subprocess(overrides: list[str], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
 
+@pytest.mark.slow  # 4.5 minutes in all on 2 busy cores; the default `python -m pytest -q` runs it
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_trains_with_its_shipped_defaults(
     group: str, option: str, shared: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
