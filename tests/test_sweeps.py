@@ -288,7 +288,7 @@ def test_sweep_runs_in_parallel_then_rerun_skips_finished_jobs(tiny_demo: Path, 
     first = _sweep(command)  # the default launcher: 2 jobs side by side, the cores split between them
     assert first.returncode == 0, first.stdout[-3000:]
     jobs = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json"))
-    assert jobs == ["model.attention=false", "model.attention=true"]
+    assert jobs == ["model.attention-false", "model.attention-true"]
     runs = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
     assert [run["threads"] for run in runs] == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
     assert max(run["started"] for run in runs) < min(run["finished"] for run in runs)  # they overlapped

@@ -66,17 +66,14 @@ class FileHashes:
     """Content hashes (BLAKE2b) of image files, remembered in `<cache>/image-hashes.json` by each file's
     (device, inode, size, mtime, ctime), so a warm run stats the images instead of reading them."""
 
-    def __init__(self, index: Path) -> None:
-        self.index = index
+    def __init__(self, index: Path | None) -> None:
+        self.index = index  # None: nothing remembered, every file is read
         self._entries: dict[str, list] | None = None
         self._new: dict[str, list] = {}
 
     def _known(self) -> dict[str, list]:
         if self._entries is None:
-            try:
-                self._entries = json.loads(self.index.read_text())
-            except (OSError, ValueError):
-                self._entries = {}
+            self._entries = _json_object(self.index)
         return self._entries
 
     def digest(self, path: Path) -> str:
@@ -85,8 +82,8 @@ class FileHashes:
         stat = os.stat(name)
         stamp = [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
         entry = self._new.get(name) or self._known().get(name)
-        if entry is not None and entry[:5] == stamp:
-            return entry[5]
+        if isinstance(entry, list) and len(entry) == 6 and entry[:5] == stamp:
+            return str(entry[5])
         with open(name, "rb") as handle:
             digest = hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
         if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > _RACY_S * 1e9:
@@ -96,12 +93,9 @@ class FileHashes:
     def save(self) -> None:
         """Add the new hashes to the index (merged with what other runs wrote); best effort: a cache folder
         that cannot take it only means the images are read again next time."""
-        if not self._new:
+        if not self._new or self.index is None:
             return
-        try:
-            merged = {**json.loads(self.index.read_text()), **self._new} if self.index.exists() else self._new
-        except (OSError, ValueError):
-            merged = self._new
+        merged = {**_json_object(self.index), **self._new}
         tmp = self.index.with_name(f"{self.index.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             self.index.parent.mkdir(parents=True, exist_ok=True)
@@ -113,10 +107,19 @@ class FileHashes:
             log.debug("feature cache: image hashes not saved to %s (%s)", self.index, err)
 
 
+def _json_object(path: Path | None) -> dict:
+    """The JSON object in `path`, or {} if there is none or it is not one (a damaged index is rebuilt)."""
+    try:
+        data = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def files_identity(paths: Sequence[Path], hashes: FileHashes | None = None) -> str:
     """Hash of each file's name and content: a replaced or edited image changes the key, even one of the same
     size with its mtime restored, and a copied or moved data set keeps it."""
-    hashes = hashes or FileHashes(Path(os.devnull))
+    hashes = hashes or FileHashes(None)
     digest = hashlib.sha256()
     for path in paths:
         digest.update(f"{Path(path).name}\0{hashes.digest(path)}\n".encode())
