@@ -401,7 +401,7 @@ def test_bad_setting_stops_the_command_before_anything_is_read(tmp_path: Path) -
     assert "Traceback" not in result.stdout
     assert not cache.exists() and not (tmp_path / "outputs").exists()  # no demo data, no run folder
     sweep = _train_cli("-m", f"paths.cache_dir={cache}", "lr=1e-3,abc", cwd=tmp_path)
-    assert sweep.returncode == 1 and "job lr=abc: lr='abc' is not allowed" in sweep.stdout
+    assert sweep.returncode == 1 and "job lr-abc: lr='abc' is not allowed" in sweep.stdout
     assert not cache.exists() and not (tmp_path / "multirun").exists()
 
 
