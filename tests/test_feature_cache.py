@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, tmpfs
 from PIL import Image
 
 from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule
@@ -112,27 +109,10 @@ def test_image_rewritten_with_its_size_and_mtime_restored_is_a_miss(tmp_path: Pa
     assert extractor.calls == 2 and np.array_equal(second, third)
 
 
-@contextmanager
-def _tmpfs(where: Path, options: str) -> Iterator[Path]:
-    """A real tmpfs at `where` (root only: skipped elsewhere), unmounted afterwards."""
-    where.mkdir(parents=True, exist_ok=True)
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=False)
-
-
 def test_full_disk_is_one_clear_error_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     """Issue 19, finding 6: a cache on a full file system (a real 200 KB tmpfs; the array is 1.4 MB)."""
     paths = _images(tmp_path / "img")
-    with _tmpfs(tmp_path / "small", "size=200k") as disk:
+    with tmpfs(tmp_path / "small", "size=200k") as disk:
         cache = FeatureCache(disk / "features")
         with pytest.raises(FeatureCacheError) as caught:
             cache.load_or_create(SPEC, paths, lambda: np.ones((6, 4, 30_000)))
@@ -148,12 +128,12 @@ def test_read_only_cache_folder_is_one_clear_error(tmp_path: Path) -> None:
     """Issue 19, finding 6: a cache folder that cannot be created, or exists on a read-only file system (as
     root, chmod stops nothing, so a real read-only mount); a cached array there is still read."""
     paths = _images(tmp_path / "img")
-    with _tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
         with pytest.raises(FeatureCacheError) as caught:
             FeatureCache(disk / "features").load_or_create(SPEC, paths, CountingExtractor(len(paths)))
         assert f"cannot write {disk / 'features'}: the folder is not writable" in str(caught.value)
         assert "paths.cache_dir=<folder>" in str(caught.value)
-    with _tmpfs(tmp_path / "full", "size=1m") as disk:
+    with tmpfs(tmp_path / "full", "size=1m") as disk:
         cache = FeatureCache(disk / "features")
         stored = cache.load_or_create(SPEC, paths, CountingExtractor(len(paths)))
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)

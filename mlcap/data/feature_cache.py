@@ -5,12 +5,10 @@ Written by hand because no library we use caches model outputs keyed by inputs w
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mlcap.data.cache_folder import CacheFolderError, unwritable
 from mlcap.data.comp5329 import DataFormatError
 from mlcap.data.datasets import ImageFiles, collate_images, worker_context
 
@@ -33,6 +32,7 @@ log = logging.getLogger(__name__)
 # The study's flip augmentation, as fixed views: original, horizontal, vertical, both. Dims are (C, H, W).
 VIEW_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 CACHE_FORMAT = 1
+FEATURES = ("feature cache", "data.cache_dir=<folder> moves only the features")
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,8 @@ class ExtractionSpec:
     output: str = "pooled"  # "pooled" vectors or a "map" of the frozen bottom stages
 
 
-class FeatureCacheError(OSError):
-    """The cache folder cannot take a new file (disk full, read-only, not writable): an expected error, said in
-    one line that names the file and what to do; nothing half-written is left behind."""
+class FeatureCacheError(CacheFolderError):
+    """The feature cache folder cannot take a new array; nothing half-written is left behind."""
 
 
 # An image's content hash is reused while its stat stamp is unchanged. The stamp holds the ctime, which no
@@ -191,7 +190,7 @@ class FeatureCache:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         except OSError as err:
-            raise _unwritable(self.cache_dir, err) from None
+            raise unwritable(self.cache_dir, err, FEATURES, FeatureCacheError) from None
         try:
             cached = self._load(path, meta, views)
             if cached is not None:
@@ -286,31 +285,7 @@ def _write_atomically(path: Path, features: np.ndarray, meta: dict) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         json_tmp.unlink(missing_ok=True)
-        raise _unwritable(path, err, needed=features.nbytes) from None
-
-
-def _unwritable(where: Path, err: OSError, needed: int = 0) -> FeatureCacheError:
-    """One line: which cache file or folder could not be written, why, and what to do."""
-    folder = where if where.suffix == "" else where.parent
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        free = None
-    if err.errno in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < needed):
-        # numpy's short write says "N requested and M written" with no errno: the free space tells.
-        space = f" ({free / 1e6:.1f} MB free, {needed / 1e6:.1f} MB needed)" if free is not None else ""
-        cause, advice = f"the disk is full{space}", "free space there or"
-    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        cause, advice = f"the folder is not writable ({err.strerror})", "make it writable or"
-    else:
-        cause, advice = " ".join(str(err.strerror or err).split()), "fix that or"
-    error = FeatureCacheError(
-        f"feature cache: cannot write {where}: {cause}. Nothing was cached; {advice} put the cache elsewhere "
-        "with paths.cache_dir=<folder> (or MLCAP_CACHE_DIR=<folder>); data.cache_dir=<folder> moves only "
-        "the features",
-    )
-    error.errno = err.errno  # str(error) stays the one line above
-    return error
+        raise unwritable(path, err, FEATURES, FeatureCacheError, needed=features.nbytes) from None
 
 
 def extract_features(
