@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -73,6 +74,12 @@ METRIC_TITLES = {
     **{m: f"val {m.removeprefix('val_')}" for m in FIELD},
 }
 FINISHED, FAILED, UNFINISHED, NOT_STARTED = "finished", "failed", "unfinished", "not started"
+# A metrics.json that is not what train.py writes (empty, an F1 of 7.5): listed with the failed jobs, never
+# averaged or bolded.
+INVALID = "invalid results"
+_REQUIRED_METRICS = ("val_samples_f1",)
+_FRACTIONS = ("val_samples_f1", *FIELD)  # F1, precision, recall, mAP: within [0, 1]
+_SWEEP_MARKERS = ("multirun.yaml", PLAN_FILE)  # what Hydra and the mlcap sweeper write into a sweep folder
 _SEED_KEY = "seed"
 # Keys whose runs are repeats of one setting, aggregated as mean ± std (k-fold cross-validation: the folds).
 _REPEAT_KEYS = (_SEED_KEY, "data.fold")
@@ -130,8 +137,17 @@ def _load_job(job_dir: Path, sweep_dir: Path) -> JobRecord:
         path=job_dir,
     )
     if (job_dir / METRICS_FILE).is_file():
-        record.status = FINISHED
-        record.metrics = read_json(job_dir / METRICS_FILE)
+        metrics = read_json(job_dir / METRICS_FILE)
+        problem = _metrics_problem(metrics)
+        if problem:
+            record.status = INVALID
+            record.error = (
+                f"{job_dir / METRICS_FILE}: {problem}; not written by a finished mlcap run? Delete it and re-run "
+                "the sweep's command to run this job again"
+            )
+        else:
+            record.status = FINISHED
+            record.metrics = metrics
     elif (job_dir / FAILED_FILE).is_file():
         record.status = FAILED
         failure = read_json(job_dir / FAILED_FILE)
@@ -143,11 +159,44 @@ def _load_job(job_dir: Path, sweep_dir: Path) -> JobRecord:
     return record
 
 
+def _metrics_problem(metrics: dict[str, Any]) -> str | None:
+    """Why a metrics.json cannot be a finished run's results (keys missing, a value out of range), or None."""
+    missing = [key for key in _REQUIRED_METRICS if key not in metrics]
+    if missing:
+        return f"no {', '.join(missing)} in it"
+    for key in (*_FRACTIONS, *METRICS, "model_size_mb", "wall_time_s"):  # the F1 first: the likelier fault
+        value = metrics.get(key)
+        if value is None and key not in _REQUIRED_METRICS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"{key} is {value!r}, not a finite number"
+        if key in _FRACTIONS and not 0.0 <= value <= 1.0:
+            return f"{key} is {value!r}, outside [0, 1]"
+        if key in ("model_size_mb", "wall_time_s") and value < 0:
+            return f"{key} is {value!r}, below 0"
+    return None
+
+
+def _check_one_sweep(sweep_dir: Path) -> None:
+    """A report is of one sweep: a folder holding several (multirun/ itself) would mix unrelated jobs."""
+    sweeps = sorted({p.parent for marker in _SWEEP_MARKERS for p in sweep_dir.glob(f"**/{marker}")})
+    others = [s for s in sweeps if s != sweep_dir]
+    if others:
+        shown = ", ".join(str(s) for s in sweeps[:10]) + (
+            f" and {len(sweeps) - 10} more" if len(sweeps) > 10 else ""
+        )
+        raise ValueError(
+            f"{sweep_dir} holds {len(sweeps)} sweeps ({shown}); a report is of one sweep: pass one of them, "
+            f"e.g. python -m mlcap.report {others[0]}"
+        )
+
+
 def load_jobs(sweep_dir: str | Path) -> list[JobRecord]:
     """Every job under `sweep_dir`, in sweep order; jobs only in the sweep plan are 'not started'."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir} is not a folder; pass the sweep folder (e.g. multirun/table1)")
+    _check_one_sweep(sweep_dir)
     job_dirs = sorted({p.parent.parent for p in sweep_dir.glob("**/.hydra/config.yaml")})
     jobs = {record.name: record for record in (_load_job(d, sweep_dir) for d in job_dirs)}
     plan_path = sweep_dir / PLAN_FILE
@@ -233,7 +282,7 @@ def settings_table(jobs: Sequence[JobRecord], keys: Sequence[str]) -> pd.DataFra
         row["model_size_mb"] = done["model_size_mb"].max()
         row["over_size_limit"] = bool((done["model_size_mb"] > SIZE_LIMIT_MB).any())
         row["wall_time_s_mean"] = done["wall_time_s"].mean()
-        row["failed"] = int((group["status"] == FAILED).sum())
+        row["failed"] = int(group["status"].isin([FAILED, INVALID]).sum())
         row["unfinished"] = int(group["status"].isin([UNFINISHED]).sum())
         row["jobs"] = " ".join(group["job"])
         rows.append(row)
@@ -497,7 +546,7 @@ def _report_header(
     """Title, job counts per state, varied keys, seeds and common overrides: what the sweep was, at a glance."""
     counts = frame["status"].value_counts()
     status_text = ", ".join(
-        f"{counts[s]} {s}" for s in (FINISHED, FAILED, UNFINISHED, NOT_STARTED) if s in counts
+        f"{counts[s]} {s}" for s in (FINISHED, FAILED, INVALID, UNFINISHED, NOT_STARTED) if s in counts
     )
     seeds = sorted({str(s) for s in frame["seed"].dropna()})
     return [
@@ -947,7 +996,7 @@ def _one_line(text: str, limit: int = 300) -> str:
 def _problem_section(jobs: Sequence[JobRecord], common: Sequence[str]) -> list[str]:
     lines = []
     for title, statuses in (
-        ("Failed jobs", (FAILED,)),
+        ("Failed jobs (and invalid results)", (FAILED, INVALID)),
         ("Unfinished jobs (re-run the same command to resume them)", (UNFINISHED, NOT_STARTED)),
     ):
         rows = [

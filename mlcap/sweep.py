@@ -42,7 +42,7 @@ __all__ = [
 
 BASE_NAME = "base"
 _MAX_NAME = 120
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.,=+-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")  # unquoted in Hydra and a shell
 _MISSING = object()
 
 # One command-line override key with its alternatives, e.g. ("seed", ["seed=0", "seed=1"]).
@@ -173,15 +173,29 @@ def _text(key: str, value: Any, fallback: str | None = None) -> str:
 
 
 def job_name(parts: Sequence[str]) -> str:
-    """Folder name from a job's distinguishing overrides; readable, filesystem-safe, bounded in length."""
-    text = ",".join(parts)
-    if not text:
+    """Folder name from a job's distinguishing overrides: `lr=0.0003,seed=1` -> `lr-0.0003+seed-1`.
+
+    Readable, filesystem-safe, bounded in length, and an unquoted value of Hydra's override grammar, so a
+    path copied from it (`ckpt_path=.../lr-0.0003+seed-1/checkpoints/best.ckpt`, `hydra.run.dir=...`)
+    works as typed: Hydra takes `=` and `,` in a value as syntax, and `~`, `:`, `[`, spaces or quotes would
+    need quoting in the shell or in Hydra, so only letters, digits and `_ . + -` remain.
+    """
+    if not parts:
         return BASE_NAME
-    name = _UNSAFE.sub("_", text.replace("/", "-"))
-    if name != text.replace("/", "-") or len(name) > _MAX_NAME:
+    readable = "+".join(_part_name(part) for part in parts)
+    name = _UNSAFE.sub("_", readable)
+    ambiguous = any("+" in part.partition("=")[2] for part in parts)  # a value's `+` reads as a separator
+    if name != readable or ambiguous or len(name) > _MAX_NAME:
         # Characters were replaced or the name was cut: a hash of the exact text keeps names distinct.
+        text = ",".join(parts)
         name = f"{name[: _MAX_NAME - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
     return name
+
+
+def _part_name(override: str) -> str:
+    """`model/image_encoder=small_cnn` -> `model.image_encoder-small_cnn`; a `/` of a value becomes `-`."""
+    key, _, value = override.lstrip("+~").partition("=")
+    return f"{key.replace('/', '.')}-{value.replace('/', '-')}"
 
 
 def expand_sweep(cli: Sequence[CliList], points: Sequence[Mapping[str, Any]]) -> list[SweepJob]:

@@ -4,6 +4,7 @@ that it rewards fusing image and caption (the reason it exists)."""
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import warnings
 from pathlib import Path
@@ -11,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose_config
+from conftest import compose_config, tmpfs
 from PIL import Image
 
 from mlcap.data import demo
+from mlcap.data.cache_folder import CacheFolderError
 from mlcap.data.demo import DEMO_LABEL_NAMES, ensure_demo, generate_demo
 
 N_TRAIN, N_TEST = 200, 50
@@ -255,3 +257,22 @@ def test_fusion_beats_each_modality(tmp_path: Path) -> None:
     f1_both = samples_f1(np.hstack([pix_train, words_train]), np.hstack([pix_test, words_test]))
     assert min(f1_image, f1_caption) > 0.5, (f1_image, f1_caption)  # both modalities carry signal
     assert f1_both > max(f1_image, f1_caption) + 0.03, (f1_image, f1_caption, f1_both)
+
+
+def test_a_read_only_or_full_cache_folder_is_one_clear_error(tmp_path: Path) -> None:
+    """Issue 19, finding 6, for the demo data under paths.cache_dir: a read-only folder (a real read-only
+    mount: root ignores chmod) or a full one (a 100 KB tmpfs) is one line naming the folder and what to do,
+    with no temporary folder left; a complete set on a read-only mount is still served."""
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
+        with pytest.raises(CacheFolderError) as caught:
+            ensure_demo(disk / "demo-data", n_train=10, n_test=5)
+        assert str(caught.value).startswith(f"demo data: cannot write {disk}: the folder is not writable")
+        assert "paths.cache_dir=<folder>" in str(caught.value) and "data.root=<folder>" in str(caught.value)
+    with tmpfs(tmp_path / "small", "size=100k") as disk:
+        with pytest.raises(CacheFolderError, match="the disk is full"):
+            ensure_demo(disk / "demo-data", n_train=200, n_test=50, image_size=64)
+        assert [p.name for p in disk.iterdir() if p.name != "demo-data.lock"] == []
+    with tmpfs(tmp_path / "served", "size=2m") as disk:
+        root = ensure_demo(disk / "demo-data", n_train=10, n_test=5)
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        assert ensure_demo(disk / "demo-data", n_train=10, n_test=5) == root

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, tmpfs
 from PIL import Image
 
 from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule
 from mlcap.data.datasets import CaptionRows, image_transform
-from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, extract_features
+from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, FeatureCacheError, extract_features
 from mlcap.extraction import prepare_inputs
 from mlcap.models.image_encoders import ImageEncoder, SmallCNN
 
@@ -61,11 +63,11 @@ def test_changed_image_encoder_or_size_is_a_miss(tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path / "cache")
     key = cache.key(SPEC, paths)
     Image.new("RGB", (40, 48), "red").save(paths[2])
-    os.utime(paths[2], ns=(1, 1))  # even with an old mtime the size differs, and vice versa below
+    os.utime(paths[2], ns=(1, 1))  # even with an old mtime
     assert cache.key(SPEC, paths) != key
     changed = cache.key(SPEC, paths)
-    os.utime(paths[2], ns=(2, 2))
-    assert cache.key(SPEC, paths) != changed
+    os.utime(paths[2], ns=(2, 2))  # touched, the same content: the same image
+    assert cache.key(SPEC, paths) == changed
     for field, value in [
         ("encoder", "other"),
         ("weights", "w2"),
@@ -75,6 +77,74 @@ def test_changed_image_encoder_or_size_is_a_miss(tmp_path: Path) -> None:
     ]:
         other = ExtractionSpec(**{**SPEC.__dict__, field: value})
         assert cache.key(other, paths) != cache.key(SPEC, paths), field
+
+
+def test_image_rewritten_with_its_size_and_mtime_restored_is_a_miss(tmp_path: Path) -> None:
+    """Issue 19, finding 7: an image replaced in place by other bytes of the same size, its mtime set back,
+    gives new features; a warm run reuses the remembered hashes (image-hashes.json) instead of re-reading."""
+    paths = _images(tmp_path / "img")
+    time.sleep(2.1)  # hashes of files younger than 2 s are not remembered (coarse timestamps)
+    extractor = CountingExtractor(len(paths))
+    first = FeatureCache(tmp_path / "cache").load_or_create(SPEC, paths, extractor)
+    index = json.loads((tmp_path / "cache" / "image-hashes.json").read_text())
+    assert sorted(index) == sorted(os.path.abspath(p) for p in paths)
+    before = os.stat(paths[2])
+    data = bytearray(paths[2].read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(
+        255 - b for b in data[len(data) // 2 : len(data) // 2 + 64]
+    )
+    with open(paths[2], "r+b") as handle:  # in place: the same inode
+        handle.write(data)
+    os.utime(paths[2], ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(paths[2])
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    second = FeatureCache(tmp_path / "cache").load_or_create(SPEC, paths, extractor)
+    assert extractor.calls == 2, "stale features: the rewritten image was a cache hit"
+    assert not np.array_equal(first, second)
+    third = FeatureCache(tmp_path / "cache").load_or_create(SPEC, paths, extractor)
+    assert extractor.calls == 2 and np.array_equal(second, third)
+
+
+def test_full_disk_is_one_clear_error_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """Issue 19, finding 6: a cache on a full file system (a real 200 KB tmpfs; the array is 1.4 MB)."""
+    paths = _images(tmp_path / "img")
+    with tmpfs(tmp_path / "small", "size=200k") as disk:
+        cache = FeatureCache(disk / "features")
+        with pytest.raises(FeatureCacheError) as caught:
+            cache.load_or_create(SPEC, paths, lambda: np.ones((6, 4, 30_000)))
+        message = str(caught.value)
+        assert str(cache.path(SPEC, paths)) in message and "the disk is full" in message
+        assert "paths.cache_dir=<folder>" in message and "MLCAP_CACHE_DIR" in message
+        assert "\n" not in message and isinstance(caught.value, OSError)
+        assert sorted(p.name for p in (disk / "features").iterdir() if ".tmp-" in p.name) == []
+        assert not cache.path(SPEC, paths).exists()
+
+
+def test_read_only_cache_folder_is_one_clear_error(tmp_path: Path) -> None:
+    """Issue 19, finding 6: a cache folder that cannot be created, or exists on a read-only file system (as
+    root, chmod stops nothing, so a real read-only mount); a cached array there is still read."""
+    paths = _images(tmp_path / "img")
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
+        with pytest.raises(FeatureCacheError) as caught:
+            FeatureCache(disk / "features").load_or_create(SPEC, paths, CountingExtractor(len(paths)))
+        assert f"cannot write {disk / 'features'}: the folder is not writable" in str(caught.value)
+        assert "paths.cache_dir=<folder>" in str(caught.value)
+    with tmpfs(tmp_path / "full", "size=1m") as disk:
+        cache = FeatureCache(disk / "features")
+        stored = cache.load_or_create(SPEC, paths, CountingExtractor(len(paths)))
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        extractor = CountingExtractor(len(paths))
+        np.testing.assert_array_equal(
+            FeatureCache(disk / "features").load_or_create(SPEC, paths, extractor), stored
+        )
+        assert extractor.calls == 0
+        other = ExtractionSpec(**{**SPEC.__dict__, "views": 1})
+        with pytest.raises(FeatureCacheError, match="the folder is not writable"):
+            cache.load_or_create(other, paths, lambda: np.ones((6, 1, 3)))
 
 
 def test_kill_during_write_leaves_nothing_trusted(tmp_path: Path) -> None:

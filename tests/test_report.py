@@ -375,3 +375,50 @@ def test_cli_takes_the_papers_figures_from_a_sweep_config(
     capsys.readouterr()
     assert main([str(sweep), "--paper", "table9"]) == 2
     assert "no sweep config" in capsys.readouterr().err
+
+
+def test_invalid_metrics_are_listed_as_invalid_never_finished_or_best(sweep: Path) -> None:
+    """Issue 19, finding 8: a metrics.json of {} or with an F1 of 7.5 is no finished run's result."""
+    empty = sweep / "model.attention=true,seed=0" / "metrics.json"
+    empty.write_text("{}")
+    huge = sweep / "model.attention=true,seed=1" / "metrics.json"
+    huge.write_text(json.dumps(metrics(7.5)))
+    jobs = {job.name: job for job in load_jobs(sweep)}
+    assert jobs["model.attention=true,seed=0"].status == "invalid results"
+    assert jobs["model.attention=true,seed=0"].error.startswith(f"{empty}: no val_samples_f1 in it")
+    assert jobs["model.attention=true,seed=1"].error.startswith(
+        f"{huge}: val_samples_f1 is 7.5, outside [0, 1]"
+    )
+    assert "Delete it and re-run" in jobs["model.attention=true,seed=1"].error
+    report = write(sweep).read_text()
+    assert "7 jobs: 2 finished, 1 failed, 2 invalid results, 1 unfinished, 1 not started" in report
+    assert "7.5" not in report.split("## Failed jobs")[0]  # neither averaged nor bolded
+    assert "**0.7000" in report  # the only finished attention=true run is the best
+    failed = report.split("## Failed jobs")[1].split("## ")[0]
+    assert "val_samples_f1 is 7.5, outside [0, 1]" in failed and "no val_samples_f1 in it" in failed
+    settings = pd.read_csv(sweep / "settings.csv")
+    on = settings[settings["model.attention"]].iloc[0]
+    assert (on["n"], on["failed"]) == (1, 2)
+    for bad, reason in (
+        ({**metrics(0.5), "val_CF1": -0.1}, "val_CF1 is -0.1, outside [0, 1]"),
+        ({**metrics(0.5), "val_loss": "low"}, "val_loss is 'low', not a finite number"),
+        ({**metrics(0.5), "val_samples_f1": 1e999}, "val_samples_f1 is inf, not a finite number"),
+        ({**metrics(0.5), "wall_time_s": -3}, "wall_time_s is -3, below 0"),
+    ):
+        huge.write_text(json.dumps(bad).replace("Infinity", "1e999"))
+        assert reason in {job.name: job for job in load_jobs(sweep)}["model.attention=true,seed=1"].error
+
+
+def test_a_parent_of_several_sweeps_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19, finding 8: `python -m mlcap.report multirun` would merge unrelated sweeps into one report."""
+    parent = tmp_path / "multirun"
+    for sweep_name, lr in (("a", 3e-4), ("b", 3e-3)):
+        sweep = parent / sweep_name
+        make_job(sweep, "seed-0", 0, config(True, 0, lr=lr), ["seed=0"], metrics(0.5))
+        (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    assert main([str(parent)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {parent} holds 2 sweeps ({parent / 'a'}, {parent / 'b'})")
+    assert f"python -m mlcap.report {parent / 'a'}" in error and error.count("\n") == 1
+    assert not (parent / "report.md").exists()
+    assert main([str(parent / "a")]) == 0  # each on its own

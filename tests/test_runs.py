@@ -89,24 +89,24 @@ def test_plain_sweep_names_folders_after_settings_and_reruns_never_relabel(
     quick = _quick(tiny_demo, tmp_path)
     first = _train_cli("-m", "lr=3e-4,3e-3", *quick, f"hydra.sweep.dir={sweep}")
     assert first.returncode == 0, first.stdout[-3000:]
-    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["lr=0.0003", "lr=0.003"]
-    for name, lr in (("lr=0.0003", 3e-4), ("lr=0.003", 3e-3)):
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["lr-0.0003", "lr-0.003"]
+    for name, lr in (("lr-0.0003", 3e-4), ("lr-0.003", 3e-3)):
         assert _recorded(sweep / name, "lr") == (lr, lr)
     report = (sweep / "report.md").read_text()  # a plain sweep gets its report too
     assert "2 jobs: 2 finished" in report and "`lr`" in report
 
     # TensorBoard: the varied key first and marked as differing, the public keys beside it, no constants of
     # the callbacks' config; each run carries its own value and its final F1.
-    hparams, values, metric = _hparams_logged(sweep / "lr=0.003")
+    hparams, values, metric = _hparams_logged(sweep / "lr-0.003")
     assert hparams[0] == ("lr", True)
     names = {name for name, _ in hparams}
     assert {"model.attention", "model.hidden_dim", "data.batch_size", "seed"} <= names
     assert not any(name.startswith(("callbacks", "trainer.enable")) for name in names)
     assert [name for name, differs in hparams if differs] == ["lr"]
     assert values["lr"] == pytest.approx(3e-3) and values["model.attention"] == "true"
-    metrics = json.loads((sweep / "lr=0.003" / "metrics.json").read_text())
+    metrics = json.loads((sweep / "lr-0.003" / "metrics.json").read_text())
     assert metric == pytest.approx(metrics["val_samples_f1"])
-    assert OmegaConf.load(sweep / "lr=0.003" / "hparams.yaml")["lr"] == pytest.approx(3e-3)
+    assert OmegaConf.load(sweep / "lr-0.003" / "hparams.yaml")["lr"] == pytest.approx(3e-3)
 
     # The same sweep with its values reordered: each job is found finished in its own folder.
     done = _mtimes(sweep, "*/metrics.json") | _mtimes(sweep, "*/.hydra/config.yaml")
@@ -120,7 +120,7 @@ def test_plain_sweep_names_folders_after_settings_and_reruns_never_relabel(
     assert changed.returncode != 0
     assert "nothing was run" in changed.stdout and "model.hidden_dim (there 16, here 8)" in changed.stdout
     assert _mtimes(sweep, "*/metrics.json") | _mtimes(sweep, "*/.hydra/config.yaml") == done
-    assert _recorded(sweep / "lr=0.0003", "model.hidden_dim") == (16, 16)
+    assert _recorded(sweep / "lr-0.0003", "model.hidden_dim") == (16, 16)
 
 
 def test_single_run_rerun_with_another_setting_is_refused(tiny_demo: Path, tmp_path: Path) -> None:
@@ -401,7 +401,7 @@ def test_bad_setting_stops_the_command_before_anything_is_read(tmp_path: Path) -
     assert "Traceback" not in result.stdout
     assert not cache.exists() and not (tmp_path / "outputs").exists()  # no demo data, no run folder
     sweep = _train_cli("-m", f"paths.cache_dir={cache}", "lr=1e-3,abc", cwd=tmp_path)
-    assert sweep.returncode == 1 and "job lr=abc: lr='abc' is not allowed" in sweep.stdout
+    assert sweep.returncode == 1 and "job lr-abc: lr='abc' is not allowed" in sweep.stdout
     assert not cache.exists() and not (tmp_path / "multirun").exists()
 
 
@@ -539,3 +539,31 @@ def test_predict_test_time_flips_name_predicts_own_keys(tmp_path: Path) -> None:
             True,
             ckpt,
         )
+
+
+def test_a_sweep_job_folder_is_taken_back_unquoted(tiny_demo: Path, tmp_path: Path) -> None:
+    """A path copied from a job folder of a real sweep works as typed (issue 19, finding 10): `predict.py
+    ckpt_path=<job>/checkpoints/best.ckpt` predicts, and `train.py hydra.run.dir=<job>` with the job's
+    settings finds it finished; neither is quoted, so the folder name must parse as a Hydra value."""
+    sweep = tmp_path / "sweep"
+    quick = _quick(tiny_demo, tmp_path)
+    ran = _train_cli("-m", "lr=3e-4,3e-3", "seed=1", *quick, f"hydra.sweep.dir={sweep}")
+    assert ran.returncode == 0, ran.stdout[-3000:]
+    jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert jobs == ["lr-0.0003", "lr-0.003"]
+    job = sweep / "lr-0.0003"
+    predicted = _predict_cli(
+        f"ckpt_path={job}/checkpoints/best.ckpt",
+        f"output={tmp_path}/submission.csv",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "accelerator=cpu",
+        "num_workers=0",
+        cwd=tmp_path,
+    )
+    assert predicted.returncode == 0, predicted.stdout[-3000:]
+    assert (tmp_path / "submission.csv").is_file()
+    finished = _mtimes(job, "metrics.json")
+    resumed = _train_cli("lr=3e-4", "seed=1", *quick, f"hydra.run.dir={job}")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"{job} holds this run, finished" in resumed.stdout and "skipping" in resumed.stdout
+    assert _mtimes(job, "metrics.json") == finished

@@ -138,14 +138,14 @@ def test_seeds_and_command_line_lists_multiply_every_point() -> None:
     jobs = expand_sweep(cli("sweep=grid", "seed=0,1,2", "trainer.max_epochs=1"), points)
     assert len(jobs) == 18  # 6 points x 3 seeds
     assert len({job.name for job in jobs}) == 18
-    assert jobs[0] == SweepJob("seed=0", ["sweep=grid", "seed=0", "trainer.max_epochs=1"])
-    assert jobs[4].name == "lr=0.001,seed=1"
+    assert jobs[0] == SweepJob("seed-0", ["sweep=grid", "seed=0", "trainer.max_epochs=1"])
+    assert jobs[4].name == "lr-0.001+seed-1"
     assert jobs[4].overrides == ["sweep=grid", "seed=1", "trainer.max_epochs=1", "lr=0.001"]
 
     two = [{"model.attention": True}, {"model.attention": False}]
     jobs = expand_sweep(cli("seed=0,1", "trainer.max_epochs=1,2", "data=demo"), two)
     assert len(jobs) == 8  # 2 points x 2 seeds x 2 epoch settings
-    assert jobs[-1].name == "model.attention=false,seed=1,trainer.max_epochs=2"
+    assert jobs[-1].name == "model.attention-false+seed-1+trainer.max_epochs-2"
     assert all("data=demo" in job.overrides for job in jobs)
 
 
@@ -153,7 +153,7 @@ def test_command_line_value_of_an_axis_key_sets_the_base() -> None:
     base = {**BASE, "model.hidden_dim": 4}  # e.g. model.hidden_dim=4 on the command line
     jobs = expand_sweep(cli("model.hidden_dim=4"), sweep_points(None, AXES, base))
     assert len(jobs) == 7  # 8, 16 and 32 now all differ from the base
-    varied = next(job for job in jobs if job.name == "model.hidden_dim=8")
+    varied = next(job for job in jobs if job.name == "model.hidden_dim-8")
     assert varied.overrides == ["model.hidden_dim=8"]  # the point replaces the command-line value
     assert jobs[0].overrides == ["model.hidden_dim=4"]
 
@@ -200,10 +200,35 @@ def test_command_line_values_are_written_as_config_text() -> None:
 
 def test_job_names_are_safe_folder_names() -> None:
     assert job_name([]) == "base"
-    assert job_name(["model/image_encoder=small_cnn"]) == "model-image_encoder=small_cnn"
+    assert job_name(["model/image_encoder=small_cnn"]) == "model.image_encoder-small_cnn"
+    assert job_name(["lr=0.0003", "seed=1"]) == "lr-0.0003+seed-1"
     odd = job_name(["data.root=/a b/c"])
     assert "/" not in odd and " " not in odd and odd != job_name(["data.root=/a_b/c"])
+    assert job_name(["x=1+2"]) != job_name(["x=1", "2"])  # a value's `+` is not taken for a separator
     assert len(job_name([f"key{i}=value{i}" for i in range(50)])) <= 120
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ["lr=0.0003", "seed=1"],
+        ["lr=-1e-05"],
+        ["model/image_encoder=small_cnn", "+extra=x"],
+        ["data.root=/a b/c"],
+        ["data.image_size=[224,320]"],
+        ["model.attention=false", "x=null", "y=inf", "z=true", "w={a:1}"],
+    ],
+)
+def test_job_folder_paths_are_unquoted_hydra_values(parts: list[str]) -> None:
+    """Hydra reads `key=<any path through a job folder>` back as that path, unquoted (issue 19, finding 10)."""
+    name = job_name(parts)
+    for path in (
+        name,
+        f"multirun/x/{name}",
+        f"/abs/multirun/2026-01-02_03-04-05_77/{name}/checkpoints/best.ckpt",
+    ):
+        (override,) = OverridesParser.create().parse_overrides([f"ckpt_path={path}"])
+        assert override.value() == path
 
 
 def test_a_folder_is_only_reused_for_the_same_config(tmp_path: Path) -> None:
@@ -263,7 +288,7 @@ def test_sweep_runs_in_parallel_then_rerun_skips_finished_jobs(tiny_demo: Path, 
     first = _sweep(command)  # the default launcher: 2 jobs side by side, the cores split between them
     assert first.returncode == 0, first.stdout[-3000:]
     jobs = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json"))
-    assert jobs == ["model.attention=false", "model.attention=true"]
+    assert jobs == ["model.attention-false", "model.attention-true"]
     runs = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
     assert [run["threads"] for run in runs] == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
     assert max(run["started"] for run in runs) < min(run["finished"] for run in runs)  # they overlapped
@@ -291,12 +316,12 @@ def test_sweep_runs_in_parallel_then_rerun_skips_finished_jobs(tiny_demo: Path, 
 
     # A sweep killed mid-way: one job finished, the other stopped after its last checkpoint. The re-run
     # resumes that one from checkpoints/last.ckpt and leaves the finished one alone.
-    interrupted = sweep_dir / "model.attention=false"
+    interrupted = sweep_dir / "model.attention-false"
     (interrupted / "metrics.json").unlink()
     resumed = _sweep(command)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "resuming the interrupted run" in resumed.stdout
-    finished = sweep_dir / "model.attention=true" / "metrics.json"
+    finished = sweep_dir / "model.attention-true" / "metrics.json"
     assert finished.stat().st_mtime_ns == mtimes[finished]
     assert (interrupted / "metrics.json").is_file()
 

@@ -33,6 +33,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageDraw
 
+from mlcap.data.cache_folder import unwritable
+
 __all__ = ["DEMO_LABEL_NAMES", "MARKER_NAME", "MENTION_PROB", "ensure_demo", "generate_demo"]
 
 # COMP5329 uses the first 19 COCO category ids; COCO id 12 ("street sign") was never annotated.
@@ -58,6 +60,7 @@ DEMO_LABEL_NAMES: dict[int, str] = {
     19: "horse",
 }
 
+DEMO = ("demo data", "data.root=<folder> moves only the demo data")
 MARKER_NAME = "demo.json"
 # Bump when the generated content changes, so cached demo sets made by an older generator are not reused.
 GENERATOR_VERSION = 1
@@ -458,8 +461,15 @@ def ensure_demo(
     _check_params(n_train, n_test, image_size, seed)
     root = Path(root).absolute()
     wanted = _params(n_train, n_test, image_size, seed)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{root}.lock"):
+    if root.is_dir() and _read_marker(root) == wanted:
+        return root  # complete (sets are renamed into place whole): no lock, so a read-only cache serves it
+    lock = FileLock(f"{root}.lock")
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as err:
+        raise unwritable(root.parent, err, DEMO) from None
+    with lock:
         if root.exists():
             found = _read_marker(root) if root.is_dir() else None
             if found == wanted:
@@ -474,11 +484,17 @@ def ensure_demo(
                     f"demo data: {root} exists and is not a demo data set (no {MARKER_NAME}); "
                     "refusing to overwrite it: delete it or choose another directory"
                 )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        except OSError as err:
+            raise unwritable(root.parent, err, DEMO) from None
         try:
             tmp.chmod(0o755)  # mkdtemp makes it private; the data set itself is not secret
             generate_demo(tmp, n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
             os.replace(tmp, root)  # replaces an empty root directory atomically
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise unwritable(tmp, err, DEMO) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

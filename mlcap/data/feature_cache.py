@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mlcap.data.cache_folder import CacheFolderError, unwritable
 from mlcap.data.comp5329 import DataFormatError
 from mlcap.data.datasets import ImageFiles, collate_images, worker_context
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # The study's flip augmentation, as fixed views: original, horizontal, vertical, both. Dims are (C, H, W).
 VIEW_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 CACHE_FORMAT = 1
+FEATURES = ("feature cache", "data.cache_dir=<folder> moves only the features")
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,80 @@ class ExtractionSpec:
     output: str = "pooled"  # "pooled" vectors or a "map" of the frozen bottom stages
 
 
-def files_identity(paths: Sequence[Path]) -> str:
-    """Hash of each file's name, size and mtime: a replaced or edited image changes the key."""
+class FeatureCacheError(CacheFolderError):
+    """The feature cache folder cannot take a new array; nothing half-written is left behind."""
+
+
+# An image's content hash is reused while its stat stamp is unchanged. The stamp holds the ctime, which no
+# user call can set back (os.utime sets it to now), so an image rewritten with its size and mtime restored is
+# hashed again; a stamp younger than this many seconds is not remembered (timestamps are coarse, so a file
+# rewritten in the same tick as its hashing could keep the stamp: git's "racily clean" rule).
+_RACY_S = 2.0
+HASH_INDEX = "image-hashes.json"
+
+
+class FileHashes:
+    """Content hashes (BLAKE2b) of image files, remembered in `<cache>/image-hashes.json` by each file's
+    (device, inode, size, mtime, ctime), so a warm run stats the images instead of reading them."""
+
+    def __init__(self, index: Path | None) -> None:
+        self.index = index  # None: nothing remembered, every file is read
+        self._entries: dict[str, list] | None = None
+        self._new: dict[str, list] = {}
+
+    def _known(self) -> dict[str, list]:
+        if self._entries is None:
+            self._entries = _json_object(self.index)
+        return self._entries
+
+    def digest(self, path: Path) -> str:
+        """The file's content hash; read only when its stat stamp is not remembered."""
+        name = os.path.abspath(path)
+        stat = os.stat(name)
+        stamp = [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+        entry = self._new.get(name) or self._known().get(name)
+        if isinstance(entry, list) and len(entry) == 6 and entry[:5] == stamp:
+            return str(entry[5])
+        with open(name, "rb") as handle:
+            digest = hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+        if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > _RACY_S * 1e9:
+            self._new[name] = [*stamp, digest]
+        return digest
+
+    def save(self) -> None:
+        """Add the new hashes to the index (merged with what other runs wrote); best effort: a cache folder
+        that cannot take it only means the images are read again next time."""
+        if not self._new or self.index is None:
+            return
+        merged = {**_json_object(self.index), **self._new}
+        tmp = self.index.with_name(f"{self.index.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            self.index.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(merged))
+            os.replace(tmp, self.index)
+            self._entries, self._new = merged, {}
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            log.debug("feature cache: image hashes not saved to %s (%s)", self.index, err)
+
+
+def _json_object(path: Path | None) -> dict:
+    """The JSON object in `path`, or {} if there is none or it is not one (a damaged index is rebuilt)."""
+    try:
+        data = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def files_identity(paths: Sequence[Path], hashes: FileHashes | None = None) -> str:
+    """Hash of each file's name and content: a replaced or edited image changes the key, even one of the same
+    size with its mtime restored, and a copied or moved data set keeps it."""
+    hashes = hashes or FileHashes(None)
     digest = hashlib.sha256()
     for path in paths:
-        stat = os.stat(path)
-        digest.update(f"{Path(path).name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{Path(path).name}\0{hashes.digest(path)}\n".encode())
+    hashes.save()
     return digest.hexdigest()
 
 
@@ -66,11 +136,12 @@ class FeatureCache:
 
     def __init__(self, cache_dir: str | Path) -> None:
         self.cache_dir = Path(cache_dir).expanduser()
+        self.hashes = FileHashes(self.cache_dir / HASH_INDEX)
 
     def key(self, spec: ExtractionSpec, paths: Sequence[Path]) -> str:
         payload = json.dumps({"format": CACHE_FORMAT, **asdict(spec)}, sort_keys=True)
         digest = hashlib.sha256(payload.encode())
-        digest.update(files_identity(paths).encode())
+        digest.update(files_identity(paths, self.hashes).encode())
         return f"{spec.encoder}-{len(paths)}-{digest.hexdigest()[:24]}"
 
     def path(self, spec: ExtractionSpec, paths: Sequence[Path]) -> Path:
@@ -114,8 +185,13 @@ class FeatureCache:
         if cached is not None:
             log.info("feature cache hit: %s (%d rows, verified, no encoder pass)", path, rows)
             return cached
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
+        lock = FileLock(str(path) + ".lock")
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except OSError as err:
+            raise unwritable(self.cache_dir, err, FEATURES, FeatureCacheError) from None
+        try:
             cached = self._load(path, meta, views)
             if cached is not None:
                 log.info("feature cache hit after waiting for another run: %s", path)
@@ -125,6 +201,8 @@ class FeatureCache:
             log.info("feature cache miss: computing %s for %d rows into %s", meta.get("encoder"), rows, path)
             features = _checked_output(extract(), rows, views)
             _write_atomically(path, features, meta)
+        finally:
+            lock.release()
         return features
 
 
@@ -194,15 +272,20 @@ def _write_atomically(path: Path, features: np.ndarray, meta: dict) -> None:
     mismatch and waits for the lock instead of trusting either.
     """
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as handle:
-        np.save(handle, features)
-        handle.flush()
-        os.fsync(handle.fileno())
-    meta = {**meta, "sha256": checksum(features), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     json_tmp = tmp.with_name(tmp.name + ".json")
-    json_tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(json_tmp, path.with_suffix(".json"))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, features)
+            handle.flush()
+            os.fsync(handle.fileno())
+        meta = {**meta, "sha256": checksum(features), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        json_tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(json_tmp, path.with_suffix(".json"))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        json_tmp.unlink(missing_ok=True)
+        raise unwritable(path, err, FEATURES, FeatureCacheError, needed=features.nbytes) from None
 
 
 def extract_features(
