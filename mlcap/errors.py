@@ -21,6 +21,10 @@ class ExpectedError(RuntimeError):
     refuses (OSError): weights not at hand, a folder in use, a run that trained nothing."""
 
 
+class DivergedError(ExpectedError, FloatingPointError):
+    """The training loss became NaN or infinite: a learning rate too high (or bad inputs), not a bug."""
+
+
 # Settings, checkpoints and data raise ValueError subclasses (SettingsError, CheckpointError, DataFormatError)
 # or ValueError itself with a message naming the key, file or row; files the system refuses raise OSError.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, ExpectedError)
