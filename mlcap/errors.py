@@ -10,10 +10,12 @@ Torch-free on purpose: the run-folder callback and the sweeper import it before 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from hydra.errors import InstantiationException
 
 DEBUG_ENV = "MLCAP_DEBUG"
+_PACKAGE = Path(__file__).resolve().parent
 
 
 class ExpectedError(RuntimeError):
@@ -26,7 +28,8 @@ class DivergedError(ExpectedError, FloatingPointError):
 
 
 # Settings, checkpoints and data raise ValueError subclasses (SettingsError, CheckpointError, DataFormatError)
-# or ValueError itself with a message naming the key, file or row; files the system refuses raise OSError.
+# or ValueError itself with a message naming the key, file or row (see expected_error); files the system
+# refuses raise OSError.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, ExpectedError)
 
 
@@ -37,10 +40,26 @@ def debugging() -> bool:
 
 def expected_error(err: BaseException) -> BaseException | None:
     """`err` if it is expected, or the expected error a wrapper carries (Hydra's instantiate wraps what a
-    `_target_` raises in InstantiationException); None for a bug."""
+    `_target_` raises in InstantiationException); None for a bug.
+
+    A ValueError of a class that is not mlcap's own counts only when mlcap's code raised it (its message is
+    mlcap's, naming the key or file): one that a library raises on its own, deep in training, is a bug.
+    """
     if isinstance(err, InstantiationException) and err.__cause__ is not None:
         return expected_error(err.__cause__)
-    return err if isinstance(err, EXPECTED_ERRORS) else None
+    if not isinstance(err, EXPECTED_ERRORS):
+        return None
+    if isinstance(err, ValueError) and not type(err).__module__.startswith("mlcap."):
+        return err if _raised_in_mlcap(err) else None
+    return err
+
+
+def _raised_in_mlcap(err: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is in the mlcap package."""
+    frame, tb = None, err.__traceback__
+    while tb is not None:
+        frame, tb = tb.tb_frame, tb.tb_next
+    return frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
 def one_line(err: BaseException) -> str:

@@ -63,7 +63,11 @@ def read_label_file(path: str | Path, label_names: list[str], sep: str = " ") ->
     """An `ImageID,Labels` file (a Kaggle solution or the demo's test_labels.csv), labels as lists of names;
     a duplicate image or a label the model does not know is named with its file line."""
     path = check_regular_file(Path(path).expanduser(), "labels_csv")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        message = " ".join(str(err).split())
+        raise ValueError(f"labels_csv={path} cannot be read as CSV ({message}); fix the file") from None
     if list(table.columns[:2]) != ["ImageID", "Labels"]:
         raise ValueError(f"{path}: expected header ImageID,Labels, got {','.join(table.columns)}")
     table["line"] = table.index + 2  # the header is line 1; blank lines are counted, then dropped

@@ -205,8 +205,17 @@ def check_folder(folder: Path, resolved: Mapping[str, Any], redirect_key: str = 
     return state
 
 
-# What only a run leaves in its folder (mlcap's records and lock, Hydra's .hydra/): a folder holding any is a run's.
-RUN_MARKS = (CONFIG_FILE, METRICS_FILE, FAILED_FILE, LOCK_FILE, PLAN_FILE, ".hydra", "checkpoints")
+# What only a run or a sweep leaves in its folder (mlcap's records and lock, Hydra's): a folder holding any is one.
+RUN_MARKS = (
+    CONFIG_FILE,
+    METRICS_FILE,
+    FAILED_FILE,
+    LOCK_FILE,
+    PLAN_FILE,
+    "multirun.yaml",
+    ".hydra",
+    "checkpoints",
+)
 
 
 def check_run_folder(folder: Path, redirect_key: str = "hydra.run.dir") -> None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, fast_overrides
@@ -20,7 +21,7 @@ from hydra.errors import InstantiationException
 
 from mlcap.console import errors_in_one_line
 from mlcap.data.comp5329 import DataFormatError
-from mlcap.predict import read_label_file
+from mlcap.predict import check_output, read_label_file
 
 # The tiny model of fast_overrides without the demo's own keys (for data=comp5329 on a copy of the demo files).
 _TINY_MODEL = [
@@ -158,6 +159,13 @@ def test_bugs_keep_their_traceback_and_wrapped_expected_errors_are_one_line() ->
         raise InstantiationException("Error in call to target") from DataFormatError(
             "data.csv, line 3:\n bad"
         )
+    with pytest.raises(ValueError, match="operands could not be broadcast"), errors_in_one_line():
+        np.ones(2) + np.ones(3)  # a library's ValueError deep in the work: a bug, with its traceback
+    with (
+        pytest.raises(SystemExit, match=r"^error: output=a\.ckpt is ckpt_path=a\.ckpt"),
+        errors_in_one_line(),
+    ):
+        check_output(Path("a.ckpt"), Path("a.ckpt"), None, None)  # mlcap's own ValueError: one line
 
 
 # Finding 9.
@@ -185,7 +193,7 @@ def test_labels_csv_with_a_non_integer_label_names_file_line_and_label(tmp_path:
 def test_a_fifo_as_labels_csv_is_refused_not_waited_on(tmp_path: Path) -> None:
     fifo = tmp_path / "labels.csv"
     os.mkfifo(fifo)
-    code = f"from mlcap.predict import read_label_file; read_label_file({str(fifo)!r}, ['1'])"
+    code = f"from mlcap.predict import check_output, read_label_file; read_label_file({str(fifo)!r}, ['1'])"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )
@@ -208,6 +216,9 @@ def test_a_folder_of_other_files_is_not_taken_as_a_run_folder(tiny_demo: Path, t
     before = sorted(p.name for p in root.iterdir())
     args = [*fast_overrides(root, tmp_path / "cache"), f"hydra.run.dir={root}"]
     _one_line(_run("train.py", *args), f"hydra.run.dir={root}", "test.csv")
+    assert sorted(p.name for p in root.iterdir()) == before
+    sweep = [*fast_overrides(root, tmp_path / "cache"), "seed=0,1", f"hydra.sweep.dir={root}"]
+    _one_line(_run("train.py", "-m", *sweep), f"hydra.sweep.dir={root}", "test.csv")
     assert sorted(p.name for p in root.iterdir()) == before
 
 
