@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import FrameType
 
 from hydra.errors import InstantiationException
 
@@ -56,7 +57,8 @@ def expected_error(err: BaseException) -> BaseException | None:
 
 def _raised_in_mlcap(err: BaseException) -> bool:
     """Whether the innermost frame of the error's traceback is in the mlcap package."""
-    frame, tb = None, err.__traceback__
+    frame: FrameType | None = None
+    tb = err.__traceback__
     while tb is not None:
         frame, tb = tb.tb_frame, tb.tb_next
     return frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
@@ -67,8 +69,8 @@ def one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         where = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
         text = (
-            f"{where}: {err.strerror} ({type(err).__name__}); check that path: its folder must exist and be "
-            "writable, and the disk not full"
+            f"{where}: {err.strerror} ({type(err).__name__}); check that path (does it exist, may this user "
+            "write there, is the disk full?)"
         )
     else:
         text = str(err) or type(err).__name__
