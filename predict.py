@@ -9,9 +9,9 @@ import mlcap  # noqa: F401  (sets OpenMP waiting policy before torch loads)
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     from mlcap.console import errors_in_one_line
-    from mlcap.predict import EXPECTED_ERRORS, predict
+    from mlcap.predict import predict
 
-    with errors_in_one_line(*EXPECTED_ERRORS):
+    with errors_in_one_line():  # expected errors (mlcap.errors) in one line, as train.py
         predict(cfg)
 
 

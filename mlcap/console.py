@@ -12,6 +12,10 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from hydra.errors import InstantiationException
+
+from mlcap.errors import EXPECTED_ERRORS, debugging, expected_error, one_line
+
 _HARMLESS_WARNINGS = (
     # A frozen backbone is in eval mode on purpose (its batch-norm statistics stay the pretrained ones).
     r".*module\(s\) in eval mode at the start of training.*",
@@ -37,11 +41,14 @@ def quiet_libraries() -> None:
 
 
 @contextmanager
-def errors_in_one_line(*expected: type[BaseException]) -> Iterator[None]:
-    """An entry point's expected errors (bad settings, files, data) leave as one line `error: <message>` and
-    exit code 1 (SystemExit, which Hydra lets through), as the settings check's refusals do; anything else, a
-    bug, keeps its traceback."""
+def errors_in_one_line() -> Iterator[None]:
+    """An entry point's expected errors (mlcap.errors: bad settings, files, data) leave as one line
+    `error: <message>` and exit code 1 (SystemExit, which Hydra lets through), as the settings check's refusals
+    do; anything else, a bug, keeps its traceback. MLCAP_DEBUG=1 keeps the traceback of expected errors too."""
     try:
         yield
-    except expected as err:
-        raise SystemExit(f"error: {err}") from None
+    except (*EXPECTED_ERRORS, InstantiationException) as err:  # Hydra's instantiate wraps a target's error
+        cause = expected_error(err)
+        if cause is None or debugging():
+            raise
+        raise SystemExit(f"error: {one_line(cause)}") from None

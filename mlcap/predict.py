@@ -14,22 +14,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mlcap.console import quiet_libraries
+from mlcap.data.comp5329 import check_regular_file
 from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule, multi_hot, portable_config
 from mlcap.data.metadata import DataMetadata
 from mlcap.data.text import Vocabulary
 from mlcap.extraction import prepare_inputs
 from mlcap.inference import probabilities
 from mlcap.metrics import decide_labels, field_metrics, samples_f1
-from mlcap.models.image_encoders import MissingWeightsError
 from mlcap.models.lit_module import MultiLabelClassifier
 from mlcap.runs import latest_finished_checkpoint, write_atomic
 from mlcap.settings import SettingsError, shown, validate_predict
 
 log = logging.getLogger(__name__)
-
-# What predict.py reports in one line `error: ...` (settings, checkpoints, data and files: each message names
-# what to change); any other exception is a bug and keeps its traceback.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, MissingWeightsError)
 
 
 def resolve_checkpoint(ckpt_path: str, search_root: str | Path = "outputs") -> Path:
@@ -64,14 +60,36 @@ def label_separator(metadata: DataMetadata) -> str:
 
 
 def read_label_file(path: str | Path, label_names: list[str], sep: str = " ") -> pd.DataFrame:
-    """An `ImageID,Labels` file (a Kaggle solution or the demo's test_labels.csv), labels as lists of names."""
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    """An `ImageID,Labels` file (a Kaggle solution or the demo's test_labels.csv), labels as lists of names;
+    a duplicate image or a label the model does not know is named with its file line."""
+    path = check_regular_file(Path(path).expanduser(), "labels_csv")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        message = " ".join(str(err).split())
+        raise ValueError(f"labels_csv={path} cannot be read as CSV ({message}); fix the file") from None
     if list(table.columns[:2]) != ["ImageID", "Labels"]:
         raise ValueError(f"{path}: expected header ImageID,Labels, got {','.join(table.columns)}")
+    table["line"] = table.index + 2  # the header is line 1; blank lines are counted, then dropped
+    table = table[(table["ImageID"] != "") | (table["Labels"] != "")]
+    repeated = table[table["ImageID"].duplicated(keep=False)]
+    if len(repeated):
+        image_id = repeated["ImageID"].iloc[0]
+        lines = ", ".join(map(str, repeated.loc[repeated["ImageID"] == image_id, "line"]))
+        raise ValueError(
+            f"labels_csv={path}: image {image_id} has more than one row (lines {lines}; "
+            f"{repeated['ImageID'].nunique()} image(s) repeated in all); keep one row per image"
+        )
     table["labels"] = [labels.split() if sep == " " else labels.split(sep) for labels in table["Labels"]]
-    unknown = sorted({x for labels in table["labels"] for x in labels} - set(label_names))
-    if unknown:
-        raise ValueError(f"{path}: unknown labels {unknown}; the model knows {label_names}")
+    known = set(label_names)
+    for line, image_id, labels in zip(table["line"], table["ImageID"], table["labels"], strict=True):
+        unknown = [label for label in labels if label not in known]
+        if unknown:
+            raise ValueError(
+                f"labels_csv={path}, line {line} ({image_id}): label(s) {unknown} are not labels of this model, "
+                f"which knows {label_names}; fix that row, or pass the labels file of the data this model "
+                "was trained on"
+            )
     return table
 
 
@@ -179,13 +197,18 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     check_tta(cfg, model, metadata, tta, ckpt)
     datamodule = prediction_data(cfg, metadata, tta)
     check_output(Path(cfg.output), ckpt, cfg.get("labels_csv"), getattr(datamodule.reader, "root", None))
+    sep = label_separator(metadata)
+    # Read before predicting: a bad labels file is named before the work, not after it.
+    truth = (
+        read_label_file(cfg.labels_csv, list(metadata.label_names), sep) if cfg.get("labels_csv") else None
+    )
     datamodule.prepare_data()
     datamodule.setup("predict")
     prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder)
     loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
     probs = probabilities(model, loaders, accelerator=device)
     preds = decide_labels(probs, model.threshold).bool().numpy()
-    names, sep = np.asarray(metadata.label_names, dtype=object), label_separator(metadata)
+    names = np.asarray(metadata.label_names, dtype=object)
     table = datamodule.tables["predict"]
     if len(preds) != len(table):  # one row per input row, or no file at all
         raise RuntimeError(
@@ -200,11 +223,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     log.info("wrote %d predictions to %s", len(submission), output)
     result: dict[str, Any] = {"submission": str(output), "rows": len(submission), "checkpoint": str(ckpt)}
     target = None
-    if cfg.get("labels_csv"):
-        truth = read_label_file(cfg.labels_csv, list(metadata.label_names), sep).set_index("ImageID")
+    if truth is not None:
+        truth = truth.set_index("ImageID")
         missing = sorted(set(table["image_id"]) - set(truth.index))
         if missing:
-            raise ValueError(f"{cfg.labels_csv} has no labels for {len(missing)} images, e.g. {missing[:3]}")
+            raise ValueError(
+                f"labels_csv={cfg.labels_csv} has no labels for {len(missing)} images, e.g. {missing[:3]}; "
+                "pass the labels file of the rows predicted (the submission is written)"
+            )
         target = multi_hot(list(truth.loc[table["image_id"], "labels"]), metadata.label_names)
     elif "labels" in table:  # a prediction file with labels (or COCO's predict_instances): score it
         target = datamodule.labels("predict")

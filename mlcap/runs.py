@@ -22,6 +22,8 @@ from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from mlcap.errors import ExpectedError, one_line
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
@@ -52,7 +54,7 @@ _CACHE = "<cache dir>"
 EMPTY, FINISHED, INTERRUPTED = "empty", "finished", "interrupted"
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(ExpectedError):
     """A folder that this command must not use (another config's run, or another live process)."""
 
 
@@ -203,6 +205,38 @@ def check_folder(folder: Path, resolved: Mapping[str, Any], redirect_key: str = 
     return state
 
 
+# What only a run or a sweep leaves in its folder (mlcap's records and lock, Hydra's): a folder holding any is one.
+RUN_MARKS = (
+    CONFIG_FILE,
+    METRICS_FILE,
+    FAILED_FILE,
+    LOCK_FILE,
+    PLAN_FILE,
+    "multirun.yaml",
+    ".hydra",
+    "checkpoints",
+)
+
+
+def check_run_folder(folder: Path, redirect_key: str = "hydra.run.dir") -> None:
+    """A folder a run may write into: absent, empty, or a run's (RUN_MARKS); a file, or a folder of other files
+    (the data root, a home folder), is refused before anything is written there."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise RunFolderError(
+            f"{redirect_key}={folder} is not allowed: it is a file, not a folder; give {redirect_key}=<new folder>"
+        )
+    entries = sorted(entry.name for entry in folder.iterdir())
+    if entries and not any((folder / mark).exists() for mark in RUN_MARKS):
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise RunFolderError(
+            f"{redirect_key}={folder} is not allowed: the folder holds files of no run ({shown}) and a run "
+            f"writes checkpoints, logs and .hydra/ into it; give {redirect_key}=<a new or empty folder>"
+        )
+
+
 _HELD: dict[str, FileLock] = {}  # this process's folder locks, re-entered rather than taken twice
 
 
@@ -321,10 +355,13 @@ class RunFolderCallback(Callback):
             return  # a DDP process that rank 0 started (or SLURM): rank 0 checked and locked this folder
         try:
             validate(config)
+            check_run_folder(folder)  # before the lock file: nothing is written into another kind of folder
             self._lock = lock_folder(folder)
             state = check_folder(folder, resolved_task_config(config, folder))
         except (SettingsError, RunFolderError) as err:
-            raise SystemExit(f"error: {err}") from None
+            raise SystemExit(f"error: {one_line(err)}") from None
+        except OSError as err:  # the folder cannot be made or locked (under a file, read-only, disk full)
+            raise SystemExit(f"error: hydra.run.dir={folder} cannot be written: {one_line(err)}") from None
         if state != EMPTY:  # the folder's own .hydra/ stays the record of the command that made it
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,9 @@ def knob(
     limits = {"choices": choices, ">=": ge, ">": gt, "<=": le, "<": lt}
     return field(default=MISSING, metadata={k: v for k, v in limits.items() if v is not None})
 
+
+# numpy's and so Lightning's seed_everything's largest seed (2**32 - 1).
+MAX_SEED = 2**32 - 1
 
 # The built-in image encoders (mlcap.models.image_encoders.PRESETS; `weights: null`), kept here torch-free.
 IMAGE_PRESETS = (
@@ -142,7 +146,7 @@ class DataSchema:
     root: str = knob()
     batch_size: int = knob(ge=2)  # batch norm needs 2 rows a batch in training
     val_fraction: float = knob(gt=0.0, lt=1.0)
-    split_seed: int = knob(ge=0)
+    split_seed: int = knob(ge=0, le=MAX_SEED)
     folds: int | None = knob(ge=2)  # k-fold cross-validation (mlcap.data.folds); null: one split
     fold: int = knob(ge=0)
     train_rows: int | None = knob(ge=1)
@@ -166,7 +170,7 @@ MONITORS = (
 
 @dataclass
 class TrainSchema:
-    seed: int = knob(ge=0)
+    seed: int = knob(ge=0, le=MAX_SEED)
     lr: float = knob(gt=0.0)
     threshold: float = knob(gt=0.0, lt=1.0)
     threshold_calibration: str = knob(choices=("none", "global", "per_class"))
@@ -356,12 +360,32 @@ def _check_paths(v: Mapping[str, Any], cfg: DictConfig) -> None:
     """Files and folders a run reads, checked before any work."""
     if v["ckpt_path"] is not None and not Path(v["ckpt_path"]).expanduser().is_file():
         raise SettingsError(f"ckpt_path={v['ckpt_path']!r} is not allowed: there is no such file")
+    cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)
+    if cache_dir is not None:
+        _check_writable(Path(str(cache_dir)), "paths.cache_dir", "(or MLCAP_CACHE_DIR)")
     root = Path(str(v["data.root"])).expanduser()
     if OmegaConf.select(cfg, "data.demo") is None and not root.is_dir():
         raise SettingsError(
             f"data.root={v['data.root']!r} is not allowed: there is no such folder; pass the folder that holds "
             "the data set's files (the demo data set is generated where data=demo says)"
         )
+
+
+def _check_writable(folder: Path, key: str, also: str = "") -> None:
+    """A folder a run writes to (made if absent): its nearest existing folder must be one this process may write
+    to, so a read-only folder or a path under a file is named now rather than failing deep in a library."""
+    path = folder.expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    where = "" if existing == path else f" ({existing} exists)"
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable (read-only folder or file system){where}"
+    else:
+        return
+    raise SettingsError(
+        f"{key}={str(folder)!r} is not allowed: {problem}; give {key}=<a folder you may write to> {also}".strip()
+    )
 
 
 def _check_image_size(value: Any) -> None:

@@ -258,6 +258,7 @@ def check_jobs(
     from mlcap.runs import check_folder, folder_in_use, resolved_task_config
     from mlcap.settings import validate
 
+    check_swept_keys(jobs, compose)
     known = _recorded_identities(sweep_dir)
     planned: list[tuple[SweepJob, str]] = []
     seen: set[str] = set()
@@ -287,6 +288,40 @@ def check_jobs(
             + "\n".join(f"- {p}" for p in problems)
         )
     return planned
+
+
+def check_swept_keys(jobs: Sequence[SweepJob], compose: Callable[[list[str]], DictConfig]) -> None:
+    """A key the sweep varies that it adds (`+foo=1,2`) and that no part of the config reads (no key of the
+    config composed without it, no interpolation of it) would run identical jobs presented as a comparison:
+    refused before any job starts."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for override in job.overrides:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    varied = [
+        key
+        for key, seen in values.items()
+        if key.startswith("+") and (len(seen) > 1 or any(not _sets(job, key) for job in jobs))
+    ]
+    for key in varied:
+        top = bare_key(key).split(".")[0]
+        job = next(job for job in jobs if _sets(job, key))
+        base = compose(job_overrides(SweepJob(job.name, [o for o in job.overrides if not _sets_key(o, key)])))
+        if top != "hydra" and top not in base and "${" + top not in OmegaConf.to_yaml(base):
+            raise ValueError(
+                f"{key} is swept ({', '.join(sorted(values[key]))}) but no part of the config reads "
+                f"{bare_key(key)}: every job would compute the same run. Drop it, or sweep a key of the config "
+                "(README: Config keys; without + for a key that exists)"
+            )
+
+
+def _sets_key(override: str, key: str) -> bool:
+    return override.partition("=")[0] == key
+
+
+def _sets(job: SweepJob, key: str) -> bool:
+    return any(_sets_key(o, key) for o in job.overrides)
 
 
 def check_one_process_per_job(config: DictConfig) -> None:

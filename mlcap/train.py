@@ -27,6 +27,7 @@ from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.datamodule import build_datamodule as datamodule_from
 from mlcap.data.word_vectors import train_word_vectors
+from mlcap.errors import ExpectedError, debugging, expected_error, one_line
 from mlcap.extraction import prepare_inputs
 from mlcap.inference import probabilities
 from mlcap.metrics import classification_table, decide_labels, field_metrics, samples_f1
@@ -211,7 +212,7 @@ def cpu_threads(threads: int | None) -> int:
 def _check_trained(trainer: pl.Trainer, batch_size: int) -> None:
     """A fit without one training step has nothing to report (DDP: each process's share below one batch)."""
     if trainer.global_step == 0:
-        raise RuntimeError(
+        raise ExpectedError(
             f"no training step ran: each of the {trainer.world_size} process(es) got fewer training rows than "
             f"data.batch_size={batch_size} (the last incomplete batch is dropped); lower data.batch_size or "
             "use fewer devices. No results are written for this run"
@@ -353,7 +354,7 @@ def load_best(
         return model, ""
     own = output_dir / "checkpoints" / Path(recorded).name
     if not own.is_file():
-        raise RuntimeError(
+        raise ExpectedError(
             f"training saved no checkpoint in {own.parent}: the run resumed from a checkpoint already at "
             "trainer.max_epochs (or early-stopped), so no epoch ran here. Raise trainer.max_epochs to train on, "
             "or predict with that checkpoint directly"
@@ -503,25 +504,34 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         # Held for the whole job, in sweeps too (their jobs are not checked by the single-run callback).
         lock = lock_folder(output_dir) if launched_rank() == 0 else None
-    except RunFolderError:
+    except RunFolderError as err:
         if not in_sweep:
             raise
-        log.exception("job in %s not run", output_dir)  # no failed.json: the folder is another process's
+        log.error("job in %s not run: %s", output_dir, err)  # no failed.json: the folder is another process's
         return None
     try:
         metrics = train(cfg, compared=_sweep_values(cfg) if in_sweep else None)
     except Exception as err:
         if not in_sweep:
             raise
-        log.exception("job in %s failed", output_dir)
-        failure = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
-        write_json(output_dir / FAILED_FILE, failure)
+        write_json(output_dir / FAILED_FILE, _record_failure(err, output_dir))
         return None
     finally:
         if lock is not None:
             lock.release()
     (output_dir / FAILED_FILE).unlink(missing_ok=True)
     return metrics.get("val_samples_f1")
+
+
+def _record_failure(err: Exception, output_dir: Path) -> dict[str, str]:
+    """A sweep job's failure for its failed.json, logged: an expected error (mlcap.errors) in one line, as
+    train.py prints it alone (its traceback only with MLCAP_DEBUG=1); a bug with its traceback."""
+    cause = expected_error(err)
+    if cause is None or debugging():
+        log.exception("job in %s failed", output_dir)
+        return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    log.error("job in %s failed: %s", output_dir, one_line(cause))
+    return {"error": one_line(cause), "traceback": ""}
 
 
 def _sweep_values(cfg: DictConfig) -> dict[str, Any]:

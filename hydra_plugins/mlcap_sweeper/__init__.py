@@ -95,7 +95,8 @@ class MlcapSweeper(Sweeper):
         return expand_sweep(command_line_lists(parsed), sweep_points(self.points, self.axes, base))
 
     def sweep(self, arguments: list[str]) -> Any:
-        from mlcap.runs import RunFolderError, lock_folder
+        from mlcap.errors import one_line
+        from mlcap.runs import RunFolderError, check_run_folder, lock_folder
         from mlcap.sweep import check_jobs, job_overrides, write_plan
 
         assert self.config is not None and self.hydra_context is not None
@@ -108,9 +109,14 @@ class MlcapSweeper(Sweeper):
                 check_n_jobs(OmegaConf.select(config, "hydra.launcher.n_jobs", default=1))  # local launchers
             compose = lambda overrides: loader.load_sweep_config(config, overrides)  # noqa: E731
             planned = check_jobs(sweep_dir, self._jobs(arguments), compose)
+            check_run_folder(sweep_dir, "hydra.sweep.dir")  # not the data root: nothing written there
             lock = lock_folder(sweep_dir)  # one sweep at a time per folder
         except (ValueError, RunFolderError) as err:
             raise SystemExit(f"error: {err}") from None
+        except OSError as err:  # the folder cannot be made (under a file, read-only, disk full)
+            raise SystemExit(
+                f"error: hydra.sweep.dir={sweep_dir} cannot be written: {one_line(err)}"
+            ) from None
         try:
             OmegaConf.save(config, sweep_dir / "multirun.yaml")
             write_plan(sweep_dir, [job for job, _ in planned], list(self.axes))

@@ -59,6 +59,15 @@ class DataFormatError(ValueError):
     """Input data that cannot be used as is; the message names the file, the line and what to fix."""
 
 
+def check_regular_file(path: Path, key: str) -> Path:
+    """`path` if it is a regular file; a FIFO, device or folder is refused before it is opened (reading a FIFO
+    waits for a writer forever, a device never ends)."""
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise DataFormatError(f"{key}={path} is not allowed: it is {kind}; give the path of a file")
+    return path
+
+
 @dataclass
 class _Record:
     image_id: str
@@ -409,6 +418,7 @@ class Comp5329Reader:
             raise FileNotFoundError(
                 f"{path} does not exist (set data.root to the folder holding train.csv, test.csv and data/)"
             )
+        check_regular_file(path, "data.train_csv" if split == "train" else "data.predict_csv")
         table = read_captions_csv(path)
         if split == "train":
             if "labels" not in table:

@@ -15,7 +15,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import pandas as pd
 
-from mlcap.data.comp5329 import DataFormatError, probe_images
+from mlcap.data.comp5329 import DataFormatError, check_regular_file, probe_images
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ def resolve(root: str | Path, name: str | Path) -> Path:
 
 
 def existing(root: str | Path, name: str | Path, key: str) -> Path:
-    """The file `name` (relative to root), or FileNotFoundError naming the key to set."""
-    path = resolve(root, name)
+    """The file `name` (relative to root), or FileNotFoundError naming the key to set (DataFormatError for a
+    FIFO, device or folder)."""
+    path = check_regular_file(resolve(root, name), key)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; set {key} (relative to data.root, or absolute)")
     return path

@@ -17,12 +17,18 @@ import torch
 import torchvision
 from torch import nn
 
+from mlcap.errors import ExpectedError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class MissingWeightsError(RuntimeError):
+class MissingWeightsError(ExpectedError):
     """Pretrained weights are neither cached nor downloadable."""
+
+
+class WeightsFileError(ExpectedError):
+    """A weights file that does not hold the weights the model needs, or holds objects that could run code."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def _efficientnet_lite(name: str, pretrained: bool) -> Backbone:
             tuple(a.shape) == tuple(b.shape) for a, b in zip(source.values(), target.values(), strict=True)
         )
         if not shapes_match:
-            raise RuntimeError(
+            raise WeightsFileError(
                 f"{path}: its {len(source)} tensors do not match timm {name}'s {len(target)} in order and shape; "
                 f"reinstall {package}"
             )
@@ -220,14 +226,16 @@ def _timm_from_file(name: str, path: Path) -> nn.Module:
         result = model.load_state_dict(state, strict=False)
     except Exception as err:  # torch/pickle/zip raise many types; name the file and what it must hold
         if "weights_only" in str(err):  # an object a weights-only load refuses: never unpickled
-            raise RuntimeError(
+            raise WeightsFileError(
                 f"model.image_encoder.weights={path} is refused: it holds objects other than tensors and plain "
                 f"values, and loading it could run code; {hint}"
             ) from None
-        raise RuntimeError(f"model.image_encoder.weights={path} cannot be loaded ({err}); {hint}") from err
+        raise WeightsFileError(
+            f"model.image_encoder.weights={path} cannot be loaded ({err}); {hint}"
+        ) from err
     if result.missing_keys:
         missing = result.missing_keys
-        raise RuntimeError(
+        raise WeightsFileError(
             f"model.image_encoder.weights={path} lacks {len(missing)} of timm {name}'s "
             f"{len(model.state_dict())} backbone tensors (e.g. {missing[:3]}; the file holds e.g. "
             f"{list(state)[:3]}); {hint}"

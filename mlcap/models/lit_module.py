@@ -15,6 +15,7 @@ from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, 
 from mlcap.batch import Batch
 from mlcap.checkpoints import LAYOUT, LAYOUT_KEY, check_checkpoint
 from mlcap.data.metadata import DataMetadata
+from mlcap.errors import DivergedError
 from mlcap.metrics import FieldMetrics, SamplesF1, decide_labels
 from mlcap.models.fusion import build_fusion_net
 from mlcap.settings import model_settings
@@ -103,7 +104,7 @@ class MultiLabelClassifier(pl.LightningModule):
                 )
         total = sum(losses.values())
         if not torch.isfinite(total):
-            raise FloatingPointError(
+            raise DivergedError(
                 f"the training loss is {float(total.detach())} at epoch {self.current_epoch}, step {self.global_step}: "
                 f"training diverged (lr={self.base_lr}); lower lr or check the inputs. The run stops "
                 "here, so no metrics are reported for it"

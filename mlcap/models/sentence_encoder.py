@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlcap.models.image_encoders import state_fingerprint
+from mlcap.models.image_encoders import WeightsFileError, state_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +226,19 @@ def _load(name: str) -> nn.Module:
 
     try:
         return SentenceTransformer(source, device="cpu")
-    except OSError as err:
-        if Path(source).is_dir():
-            raise OSError(
-                f"model.sentence_model={name}: {source} is not a sentence-transformers model ({err})"
-            ) from err
-        raise _not_available(name, source, f"could not be downloaded ({err})") from err
+    except (OSError, ValueError, pickle.UnpicklingError) as err:
+        if not Path(source).is_dir():
+            raise _not_available(name, source, f"could not be downloaded ({err})") from err
+        if "weights_only" in str(err) or "Weights only load failed" in str(err):  # never unpickled further
+            raise WeightsFileError(
+                f"model.sentence_model={name} is refused: a weights file in {source} holds objects other than "
+                "tensors and plain values, and loading it could run code; give a folder saved with "
+                "SentenceTransformer.save (safetensors weights) from a source you trust"
+            ) from None
+        raise WeightsFileError(
+            f"model.sentence_model={name}: {source} is not a sentence-transformers model "
+            f"({' '.join(str(err).split())[:300]}); give a folder saved with SentenceTransformer.save"
+        ) from err
 
 
 def _run_layers(layers: Sequence[nn.Module], states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
