@@ -195,4 +195,5 @@ def test_sweep_over_a_captioner_key(tiny_demo: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:]
     jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
     assert jobs == ["model.beam_size=1", "model.beam_size=2"]
-    assert (sweep / "report.md").is_file()
+    report = (sweep / "report.md").read_text()
+    assert "## Captions" in report and "| `model.beam_size=2` |" in report
