@@ -105,7 +105,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     output_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if check_folder(output_dir, resolved) == FINISHED:  # type: ignore[arg-type]
-        return _finished(output_dir, task.score)
+        return _finished(output_dir, task)
     ckpt_path = _resume_from(cfg, output_dir)
     torch.set_num_threads(cpu_threads(cfg.get("threads")))
     pl.seed_everything(cfg.seed, workers=True)
@@ -139,7 +139,7 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     log_comparison(trainer, hparams, list(compared or {}), metrics[task.score], task.score)
     log.info(
         "%s %.4f (epoch %s), model %.1f MB, %.0f s; results in %s",
-        task.score,
+        task.title,
         *(metrics[k] for k in (task.score, "best_epoch", "model_size_mb", "wall_time_s")),
         output_dir,
     )
@@ -174,9 +174,9 @@ def _slurm_job() -> str:
     return f"{array}_{task} (SLURM_JOB_ID {job})" if array and task else job
 
 
-def _finished(output_dir: Path, score: str) -> dict[str, Any]:
+def _finished(output_dir: Path, task: Task) -> dict[str, Any]:
     done = read_json(output_dir / METRICS_FILE)
-    log.info("%s holds this run, finished (%s %.4f): skipping", output_dir, score, done[score])
+    log.info("%s holds this run, finished (%s %.4f): skipping", output_dir, task.title, done[task.score])
     return done
 
 
@@ -531,9 +531,17 @@ class Task:
     results: Callable[..., dict[str, Any]]
     model_class: type[pl.LightningModule]
     score: str
+    title: str  # the score as the log names it
 
 
-CLASSIFIER = Task(check_classifier, build_model, classifier_results, MultiLabelClassifier, "val_samples_f1")
+CLASSIFIER = Task(
+    check_classifier,
+    build_model,
+    classifier_results,
+    MultiLabelClassifier,
+    "val_samples_f1",
+    "val samples-F1",
+)
 
 
 def task_for(cfg: DictConfig) -> Task:
@@ -543,7 +551,7 @@ def task_for(cfg: DictConfig) -> Task:
     from mlcap.captioning.task import SCORE, build_captioner, caption_results
     from mlcap.models.captioner import Captioner
 
-    return Task(lambda _cfg: None, build_captioner, caption_results, Captioner, SCORE)
+    return Task(lambda _cfg: None, build_captioner, caption_results, Captioner, SCORE, "val CIDEr-D")
 
 
 def run_job(cfg: DictConfig) -> float | None:
