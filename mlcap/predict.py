@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mlcap.captioning.fill import check_captions_keys, replace_captions, write_captions
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule, multi_hot, portable_config
 from mlcap.data.metadata import DataMetadata
@@ -169,6 +170,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Write the submission CSV (one row per input row, input order) and return where it went (+ F1 if scored)."""
     quiet_libraries()
     validate_predict(cfg)
+    check_captions_keys(cfg)
     device = predict_device(cfg.get("accelerator", "auto"))
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     # Checked first (mlcap.checkpoints): a damaged file, or one of an older layout, is named in one line.
@@ -181,6 +183,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     check_output(Path(cfg.output), ckpt, cfg.get("labels_csv"), getattr(datamodule.reader, "root", None))
     datamodule.prepare_data()
     datamodule.setup("predict")
+    used_captions = replace_captions(cfg, datamodule, prediction_data)  # captions=generated|fill
     prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder)
     loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
     probs = probabilities(model, loaders, accelerator=device)
@@ -199,6 +202,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     write_atomic(output, submission.to_csv(index=False))
     log.info("wrote %d predictions to %s", len(submission), output)
     result: dict[str, Any] = {"submission": str(output), "rows": len(submission), "checkpoint": str(ckpt)}
+    if used_captions is not None:
+        result["captions"] = str(write_captions(used_captions, output))
     target = None
     if cfg.get("labels_csv"):
         truth = read_label_file(cfg.labels_csv, list(metadata.label_names), sep).set_index("ImageID")

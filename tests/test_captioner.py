@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO, TINY_DEMO, compose_config, fast_overrides
@@ -19,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mlcap.captioning.metrics import METRIC_NAMES, caption_scores
 from mlcap.captioning.task import build_captioner, generate
 from mlcap.models.captioner import Captioner
+from mlcap.predict import predict
 from mlcap.settings import SettingsError, validate
 from mlcap.train import build_datamodule, train
 
@@ -197,3 +199,47 @@ def test_sweep_over_a_captioner_key(tiny_demo: Path, tmp_path: Path) -> None:
     assert jobs == ["model.beam_size=1", "model.beam_size=2"]
     report = (sweep / "report.md").read_text()
     assert "## Captions" in report and "| `model.beam_size=2` |" in report
+
+
+def test_predict_fill_generates_captions_only_where_they_are_empty(tiny_demo: Path, tmp_path: Path) -> None:
+    """predict.py captions=fill with a captioner checkpoint: rows with a caption keep it, empty ones get one;
+    captions=generated replaces every row's; the classifier predicts every row either way."""
+    quick = fast_overrides(tiny_demo, tmp_path / "cache")
+    classifier = train(compose_config("train", *quick, "trainer.max_epochs=1", output_dir=tmp_path / "cls"))
+    captioner = train(
+        compose_config("train", *quick, *TINY, "trainer.max_epochs=2", output_dir=tmp_path / "cap")
+    )
+    lines = (tiny_demo / "test.csv").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    emptied = {i for i in range(0, len(rows), 3)}
+    edited = [row.split(",", 1)[0] + ',""' if i in emptied else row for i, row in enumerate(rows)]
+    (tmp_path / "some_empty.csv").write_text("\n".join([header, *edited]) + "\n")
+
+    def predicted(mode: str) -> pd.DataFrame:
+        result = predict(
+            compose_config(
+                "predict",
+                f"ckpt_path={classifier['checkpoint']}",
+                f"captioner_ckpt={captioner['checkpoint']}",
+                f"captions={mode}",
+                "data=comp5329",
+                f"data.root={tiny_demo}",
+                "data.predict_csv=" + str(tmp_path / "some_empty.csv"),
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                f"output={tmp_path / mode / 'submission.csv'}",
+                output_dir=tmp_path / mode,
+            )
+        )
+        assert result["rows"] == len(rows)
+        return pd.read_csv(result["captions"], keep_default_na=False)
+
+    filled = predicted("fill")
+    assert [i for i, source in enumerate(filled["source"]) if source == "generated"] == sorted(emptied)
+    given = pd.read_csv(tiny_demo / "test.csv", keep_default_na=False)
+    kept = [i for i in range(len(rows)) if i not in emptied]
+    assert list(filled["Caption"].iloc[kept]) == list(given["Caption"].iloc[kept])
+    generated = predicted("generated")
+    assert set(generated["source"]) == {"generated"}
+    assert list(generated["Caption"].iloc[sorted(emptied)]) == list(filled["Caption"].iloc[sorted(emptied)])
+    with pytest.raises(SettingsError, match="captions=fill needs captioner_ckpt"):
+        predict(compose_config("predict", f"ckpt_path={classifier['checkpoint']}", "captions=fill"))
