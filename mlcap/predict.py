@@ -13,7 +13,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlcap.captioning.fill import check_captions_keys, replace_captions, write_captions
+from mlcap.captioning.fill import (
+    check_captions_keys,
+    refuse_captioner_as_classifier,
+    replace_captions,
+    write_captions,
+)
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule, multi_hot, portable_config
 from mlcap.data.metadata import DataMetadata
@@ -173,6 +178,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     check_captions_keys(cfg)
     device = predict_device(cfg.get("accelerator", "auto"))
     ckpt = resolve_checkpoint(cfg.ckpt_path)
+    refuse_captioner_as_classifier(ckpt)
     # Checked first (mlcap.checkpoints): a damaged file, or one of an older layout, is named in one line.
     model = MultiLabelClassifier.load_from_checkpoint(ckpt, load_pretrained=False, map_location=device)
     metadata = data_metadata(model)

@@ -243,3 +243,7 @@ def test_predict_fill_generates_captions_only_where_they_are_empty(tiny_demo: Pa
     assert list(generated["Caption"].iloc[sorted(emptied)]) == list(filled["Caption"].iloc[sorted(emptied)])
     with pytest.raises(SettingsError, match="captions=fill needs captioner_ckpt"):
         predict(compose_config("predict", f"ckpt_path={classifier['checkpoint']}", "captions=fill"))
+    with pytest.raises(
+        SettingsError, match="is a captioner .* pass the classifier's checkpoint as ckpt_path"
+    ):
+        predict(compose_config("predict", f"ckpt_path={captioner['checkpoint']}"))

@@ -10,7 +10,9 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from mlcap.captioning import is_captioner
 from mlcap.captioning.task import generate
+from mlcap.checkpoints import load_checkpoint
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.metadata import DataMetadata
 from mlcap.extraction import prepare_inputs
@@ -31,6 +33,16 @@ def check_captions_keys(cfg: DictConfig) -> None:
         raise SettingsError(
             f"captions={mode} needs captioner_ckpt=<run>/checkpoints/best.ckpt of a `python train.py "
             f"model=captioner` run (got captioner_ckpt={ckpt!r}, {'no such file' if ckpt else 'unset'})"
+        )
+
+
+def refuse_captioner_as_classifier(ckpt: Path) -> None:
+    """predict.py's ckpt_path is the classifier: a captioner's checkpoint there is named with what to do."""
+    model = load_checkpoint(ckpt).get("hyper_parameters", {}).get("model", {})
+    if is_captioner(model):
+        raise SettingsError(
+            f"ckpt_path={ckpt} is a captioner (model=captioner), and predict.py predicts labels with a classifier: "
+            f"pass the classifier's checkpoint as ckpt_path and this one as captioner_ckpt={ckpt} captions=generated"
         )
 
 
