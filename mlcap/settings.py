@@ -92,6 +92,7 @@ class ModelSchema:
     batch_norm: bool = knob()
     dropout: float = knob(ge=0.0, lt=1.0)
     aux_heads: bool = knob()
+    caption_dropout: float = knob(ge=0.0, lt=1.0)
     backbone_lr_scale: float = knob(gt=0.0)
 
     @property
@@ -322,9 +323,17 @@ def _check_schema(cfg: DictConfig, prefix: str, schema: type) -> dict[str, Any]:
     return _checked(node, prefix, schema)[1]
 
 
+# Knobs added after checkpoints were written without them: such a checkpoint loads with the value that
+# behaves as before.
+_ADDED_KNOBS = {"caption_dropout": 0.0}
+
+
 def model_settings(model: Mapping[str, Any]) -> ModelSchema:
     """The model config's own knobs (cfg.model, or a checkpoint's copy of it) as a checked, typed ModelSchema."""
     node = model if isinstance(model, DictConfig) else OmegaConf.create(dict(model))
+    missing = {k: v for k, v in _ADDED_KNOBS.items() if k not in node}
+    if missing:
+        node = OmegaConf.merge(node, missing)
     typed, _ = _checked(node, "model", ModelSchema)
     return OmegaConf.to_object(typed)  # type: ignore[return-value]
 
@@ -463,6 +472,12 @@ def _check_classifier_combinations(v: Mapping[str, Any]) -> None:
                 f"data.cache_views={v['data.cache_views']}); or set tta=false"
             )
     text = v["model.text_encoder"]
+    if v["model.caption_dropout"] and v["model.caption"] and SENTENCE in text.split("+"):
+        raise SettingsError(
+            f"model.caption_dropout={v['model.caption_dropout']} empties the RNN's captions, but "
+            f"model.text_encoder={text} reads cached sentence embeddings; use model.text_encoder=rnn or "
+            "model.caption_dropout=0"
+        )
     if v["model.sentence_trainable_layers"] and v["model.caption"] and SENTENCE not in text.split("+"):
         raise SettingsError(
             f"model.sentence_trainable_layers={v['model.sentence_trainable_layers']} fine-tunes the sentence "

@@ -247,3 +247,32 @@ def test_predict_fill_generates_captions_only_where_they_are_empty(tiny_demo: Pa
         SettingsError, match="is a captioner .* pass the classifier's checkpoint as ckpt_path"
     ):
         predict(compose_config("predict", f"ckpt_path={captioner['checkpoint']}"))
+
+
+def test_caption_dropout_trains_on_empty_captions(compose_train: Callable[..., DictConfig]) -> None:
+    """model.caption_dropout: a share of the training rows read the empty caption (one unknown word, as an
+    empty caption is served at prediction), the others their own; validation rows are never dropped."""
+    from mlcap.data.text import UNK_ID
+    from mlcap.models.lit_module import MultiLabelClassifier
+    from mlcap.train import build_model
+
+    cfg = compose_train("model/image_encoder=small_cnn", "model.caption_dropout=0.5")
+    datamodule = build_datamodule(cfg)
+    model: MultiLabelClassifier = build_model(cfg, datamodule)
+    batch = next(iter(datamodule.train_dataloader()))
+    torch.manual_seed(0)
+    dropped = model.drop_captions(batch)
+    empty = (dropped.lengths == 1) & (dropped.tokens[:, 0] == UNK_ID) & (dropped.tokens[:, 1:] == 0).all(1)
+    assert 0 < int(empty.sum()) < len(batch)
+    kept = ~empty
+    assert torch.equal(dropped.tokens[kept], batch.tokens[kept])
+    assert torch.equal(dropped.lengths[kept], batch.lengths[kept])
+    model.eval()
+    assert model.drop_captions(batch) is batch  # only in training
+    # A checkpoint written before the key existed loads with no dropout.
+    from mlcap.settings import model_settings
+
+    old = {k: v for k, v in dict(model.hparams["model"]).items() if k != "caption_dropout"}
+    assert model_settings(old).caption_dropout == 0.0
+    with pytest.raises(SettingsError, match="model.caption_dropout=0.5 .* model.text_encoder=sentence"):
+        validate(compose_train("model.caption_dropout=0.5", "model.text_encoder=sentence"))
