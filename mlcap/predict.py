@@ -189,7 +189,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     check_output(Path(cfg.output), ckpt, cfg.get("labels_csv"), getattr(datamodule.reader, "root", None))
     datamodule.prepare_data()
     datamodule.setup("predict")
-    used_captions = replace_captions(cfg, datamodule, prediction_data)  # captions=generated|fill
+    used_captions = replace_captions(cfg, datamodule, metadata, prediction_data)  # captions=generated|fill
     prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder)
     loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
     probs = probabilities(model, loaders, accelerator=device)

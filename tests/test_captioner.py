@@ -206,8 +206,12 @@ def test_predict_fill_generates_captions_only_where_they_are_empty(tiny_demo: Pa
     captions=generated replaces every row's; the classifier predicts every row either way."""
     quick = fast_overrides(tiny_demo, tmp_path / "cache")
     classifier = train(compose_config("train", *quick, "trainer.max_epochs=1", output_dir=tmp_path / "cls"))
+    # The captioner learnt elsewhere (another demo set, 30 test rows): predict.py captions the classifier's rows.
+    elsewhere = [f"data.root={tmp_path / 'other-demo'}", "data.demo.n_test=30"]
     captioner = train(
-        compose_config("train", *quick, *TINY, "trainer.max_epochs=2", output_dir=tmp_path / "cap")
+        compose_config(
+            "train", *quick, *TINY, *elsewhere, "trainer.max_epochs=2", output_dir=tmp_path / "cap"
+        )
     )
     lines = (tiny_demo / "test.csv").read_text().splitlines()
     header, rows = lines[0], lines[1:]
@@ -241,6 +245,18 @@ def test_predict_fill_generates_captions_only_where_they_are_empty(tiny_demo: Pa
     generated = predicted("generated")
     assert set(generated["source"]) == {"generated"}
     assert list(generated["Caption"].iloc[sorted(emptied)]) == list(filled["Caption"].iloc[sorted(emptied)])
+    own_rows = predict(
+        compose_config(
+            "predict",
+            f"ckpt_path={classifier['checkpoint']}",
+            f"captioner_ckpt={captioner['checkpoint']}",
+            "captions=generated",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"output={tmp_path / 'own' / 'submission.csv'}",
+            output_dir=tmp_path / "own",
+        )
+    )
+    assert own_rows["rows"] == len(rows)  # the classifier's data (40 rows), not the captioner's (30)
     with pytest.raises(SettingsError, match="captions=fill needs captioner_ckpt"):
         predict(compose_config("predict", f"ckpt_path={classifier['checkpoint']}", "captions=fill"))
     with pytest.raises(

@@ -3,6 +3,7 @@ so a user with images only (or some empty captions) still gets the classifier's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -47,23 +48,25 @@ def refuse_captioner_as_classifier(ckpt: Path) -> None:
 
 
 def replace_captions(
-    cfg: DictConfig, datamodule: CaptionImageDataModule, data_for: Any
+    cfg: DictConfig, datamodule: CaptionImageDataModule, metadata: DataMetadata, data_for: Any
 ) -> pd.DataFrame | None:
     """With captions=generated every row's caption, with fill those of rows whose captions are all empty, by
-    the captioner (`data_for(cfg, metadata, tta)`: predict.py's data module for a checkpoint's metadata).
+    the captioner (`data_for(cfg, metadata, tta)`: predict.py's data module for a checkpoint's metadata; the
+    rows are the classifier's: its `metadata`'s data node, unless `data=...` names one).
     Changes the set-up data module's predict table in place, before the classifier's inputs are prepared;
     returns the captions used (ImageID, Caption, source) or None with captions=given."""
     mode = cfg.get("captions", "given")
     if mode == "given":
         return None
     captioner = Captioner.load_from_checkpoint(cfg.captioner_ckpt, load_pretrained=False, map_location="cpu")
-    images = data_for(cfg, DataMetadata.from_dict(captioner.hparams["data"]), False)
+    own = DataMetadata.from_dict(captioner.hparams["data"])
+    images = data_for(cfg, dataclasses.replace(own, data=metadata.data), False)
     images.setup("predict")
+    table = datamodule.tables["predict"]
+    if list(images.tables["predict"]["image_id"]) != list(table["image_id"]):
+        raise RuntimeError("the captioner's rows are not the classifier's; nothing predicted")
     prepare_inputs(images, captioner.image_encoder)
     generated = generate(captioner, images, "predict")
-    table = datamodule.tables["predict"]
-    if len(generated) != len(table):
-        raise RuntimeError(f"{len(generated)} generated captions for {len(table)} rows; nothing predicted")
     empty = [all(not tokens for tokens in row) for row in table["tokens"]]
     chosen = [True] * len(table) if mode == "generated" else empty
     table["captions"] = [
