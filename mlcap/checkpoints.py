@@ -156,7 +156,15 @@ def check_resumable(path: str | Path, *, automatic: bool = False) -> Path:
 
 
 # Model keys that may change when training resumes from a checkpoint: how it trains, not what it is.
-TRAINING_KEYS = ("optimizer", "scheduler", "loss", "dropout", "backbone_lr_scale", "sentence_lr_scale")
+TRAINING_KEYS = (
+    "optimizer",
+    "scheduler",
+    "loss",
+    "dropout",
+    "caption_dropout",
+    "backbone_lr_scale",
+    "sentence_lr_scale",
+)
 
 
 def check_same_network(path: str | Path, model: dict[str, Any]) -> None:

@@ -13,6 +13,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mlcap.captioning.fill import (
+    check_captions_keys,
+    refuse_captioner_as_classifier,
+    replace_captions,
+    write_captions,
+)
 from mlcap.console import quiet_libraries
 from mlcap.data.comp5329 import check_regular_file
 from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule, multi_hot, portable_config
@@ -187,8 +193,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Write the submission CSV (one row per input row, input order) and return where it went (+ F1 if scored)."""
     quiet_libraries()
     validate_predict(cfg)
+    check_captions_keys(cfg)
     device = predict_device(cfg.get("accelerator", "auto"))
     ckpt = resolve_checkpoint(cfg.ckpt_path)
+    refuse_captioner_as_classifier(ckpt)
     # Checked first (mlcap.checkpoints): a damaged file, or one of an older layout, is named in one line.
     model = MultiLabelClassifier.load_from_checkpoint(ckpt, load_pretrained=False, map_location=device)
     metadata = data_metadata(model)
@@ -204,6 +212,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     )
     datamodule.prepare_data()
     datamodule.setup("predict")
+    used_captions = replace_captions(cfg, datamodule, metadata, prediction_data)  # captions=generated|fill
     prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder)
     loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
     probs = probabilities(model, loaders, accelerator=device)
@@ -222,6 +231,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     write_atomic(output, submission.to_csv(index=False))
     log.info("wrote %d predictions to %s", len(submission), output)
     result: dict[str, Any] = {"submission": str(output), "rows": len(submission), "checkpoint": str(ckpt)}
+    if used_captions is not None:
+        result["captions"] = str(write_captions(used_captions, output))
     target = None
     if truth is not None:
         truth = truth.set_index("ImageID")

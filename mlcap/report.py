@@ -32,6 +32,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from mlcap.captioning.report import caption_sections
 from mlcap.runs import (
     FAILED_FILE,
     LAST_CHECKPOINT,
@@ -510,6 +511,7 @@ def write_report(sweep_dir: str | Path, layout: str = "auto", paper: Mapping[str
     lines = _report_header(sweep_dir, jobs, frame, keys, common)
     lines += search_sections(sweep_dir)  # an Optuna search's trials, best command and plots (else nothing)
     lines += _results_sections(sweep_dir, jobs, settings, keys, paper_tables, one_at_a_time)
+    lines += caption_sections(jobs)  # model=captioner: caption metrics beside the baselines (else nothing)
     lines += _paper_best_section(paper_best, jobs, keys) if paper_best else []
     lines += _best_run_section(jobs, sweep_dir, common)
     lines += _problem_section(jobs, common)

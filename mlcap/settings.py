@@ -21,6 +21,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mlcap.captioning import is_captioner
+
 __all__ = ["PUBLIC_KEYS", "ModelSchema", "SettingsError", "model_settings", "validate"]
 
 
@@ -94,6 +96,7 @@ class ModelSchema:
     batch_norm: bool = knob()
     dropout: float = knob(ge=0.0, lt=1.0)
     aux_heads: bool = knob()
+    caption_dropout: float = knob(ge=0.0, lt=1.0)
     backbone_lr_scale: float = knob(gt=0.0)
 
     @property
@@ -181,6 +184,30 @@ class TrainSchema:
 
 
 @dataclass
+class CaptionerSchema:
+    """The captioner's own knobs (conf/model/captioner.yaml; mlcap.models.captioner): its image encoder and
+    optimizer nodes are the classifier's, checked by the same schemas."""
+
+    decoder: str = knob(choices=("gru", "transformer"))
+    word_dim: int = knob(ge=1)
+    hidden_dim: int = knob(ge=1)
+    embed_dim: int = knob(ge=1)
+    dropout: float = knob(ge=0.0, lt=1.0)
+    beam_size: int = knob(ge=1)
+
+
+# The captioner's validation metrics (mlcap.captioning.metrics), higher is better.
+CAPTION_MONITORS = tuple(
+    f"val/{name}" for name in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
+)
+
+
+@dataclass
+class CaptionTrainSchema(TrainSchema):
+    monitor: str = knob(choices=CAPTION_MONITORS)
+
+
+@dataclass
 class TrainerSchema:
     max_epochs: int = knob(ge=1)
     min_epochs: int = knob(ge=0)
@@ -204,6 +231,14 @@ SCHEMAS: dict[str, type] = {
     "model.image_encoder": ImageEncoderSchema,
     "model.optimizer": OptimizerSchema,
     "trainer": TrainerSchema,
+}
+
+
+# The captioner's config (model=captioner): its own model knobs and monitors; no loss node.
+CAPTIONER_SCHEMAS: dict[str, type] = {
+    **SCHEMAS,
+    "": CaptionTrainSchema,
+    "model": CaptionerSchema,
 }
 
 
@@ -292,9 +327,17 @@ def _check_schema(cfg: DictConfig, prefix: str, schema: type) -> dict[str, Any]:
     return _checked(node, prefix, schema)[1]
 
 
+# Knobs added after checkpoints were written without them: such a checkpoint loads with the value that
+# behaves as before.
+_ADDED_KNOBS = {"caption_dropout": 0.0}
+
+
 def model_settings(model: Mapping[str, Any]) -> ModelSchema:
     """The model config's own knobs (cfg.model, or a checkpoint's copy of it) as a checked, typed ModelSchema."""
     node = model if isinstance(model, DictConfig) else OmegaConf.create(dict(model))
+    missing = {k: v for k, v in _ADDED_KNOBS.items() if k not in node}
+    if missing:
+        node = OmegaConf.merge(node, missing)
     typed, _ = _checked(node, "model", ModelSchema)
     return OmegaConf.to_object(typed)  # type: ignore[return-value]
 
@@ -302,14 +345,14 @@ def model_settings(model: Mapping[str, Any]) -> ModelSchema:
 # Keys of the model's nodes that are no knob of their schema but belong there: the parts built from
 # `_target_` nodes (model/image_encoder, model/loss, model/scheduler groups; the optimizer node).
 _PARTS = ("image_encoder", "loss", "optimizer", "scheduler")
-_MODEL_EXTRAS = {"model": set(_PARTS), "model.image_encoder": {"_target_"}}
 
 
-def _check_unknown_keys(cfg: DictConfig) -> None:
+def _check_unknown_keys(cfg: DictConfig, schemas: Mapping[str, type], parts: tuple[str, ...]) -> None:
     """A key added to the model's config (`+model.foo=1`) would reach the constructors and fail after the data
     is read; name it now."""
-    for prefix, extras in _MODEL_EXTRAS.items():
-        known = {f.name for f in dataclasses.fields(SCHEMAS[prefix])} | extras
+    extra_keys = {"model": set(parts) | {"image_encoder", "_target_"}, "model.image_encoder": {"_target_"}}
+    for prefix, extras in extra_keys.items():
+        known = {f.name for f in dataclasses.fields(schemas[prefix])} | extras
         unknown = sorted(set(OmegaConf.select(cfg, prefix).keys()) - known)
         if unknown:
             raise SettingsError(
@@ -321,10 +364,10 @@ def _group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / group).glob("*.yaml"))
 
 
-def _check_parts(cfg: DictConfig) -> None:
+def _check_parts(cfg: DictConfig, parts: tuple[str, ...]) -> None:
     """model.loss, model.optimizer and model.scheduler are `_target_` nodes (the loss and the schedule chosen by
     config group); the optimizer and a scheduler are `_partial_`: the model calls them with what it knows."""
-    for name in ("loss", "optimizer", "scheduler"):
+    for name in parts:
         key, node = f"model.{name}", OmegaConf.select(cfg, f"model.{name}")
         if name == "scheduler" and node is None:
             continue  # model/scheduler=constant
@@ -419,16 +462,30 @@ def _check_image_encoder(v: Mapping[str, Any]) -> None:
             f"model.image_encoder.weights={weights!r} is not allowed: it must be hub, none or the path of an "
             "existing state-dict file, and there is no such file"
         )
-    if v["model.sentence_model"] == "":
-        raise SettingsError(
-            "model.sentence_model='' is not allowed: it must be minilm, a sentence-transformers model name or "
-            "a local directory"
-        )
 
 
 def _check_combinations(v: Mapping[str, Any]) -> None:
     """Settings that are each fine but do not work together."""
     _check_image_encoder(v)
+    if "model.text_encoder" in v:  # the classifier's
+        _check_classifier_combinations(v)
+    if v["data.folds"] is not None and v["data.fold"] >= v["data.folds"]:
+        raise SettingsError(
+            f"data.fold={v['data.fold']} is not allowed with data.folds={v['data.folds']}: use 0..{v['data.folds'] - 1}"
+        )
+    if v["trainer.min_epochs"] > v["trainer.max_epochs"]:
+        raise SettingsError(
+            f"trainer.min_epochs={v['trainer.min_epochs']} exceeds trainer.max_epochs={v['trainer.max_epochs']}"
+        )
+
+
+def _check_classifier_combinations(v: Mapping[str, Any]) -> None:
+    """The classifier's settings that are each fine but do not work together."""
+    if v["model.sentence_model"] == "":
+        raise SettingsError(
+            "model.sentence_model='' is not allowed: it must be minilm, a sentence-transformers model name or "
+            "a local directory"
+        )
     if v["tta"]:
         cached = v["data.cache"] and v["model.image_encoder.freeze"]
         if not cached or v["data.cache_views"] < 2:
@@ -439,6 +496,12 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
                 f"data.cache_views={v['data.cache_views']}); or set tta=false"
             )
     text = v["model.text_encoder"]
+    if v["model.caption_dropout"] and v["model.caption"] and SENTENCE in text.split("+"):
+        raise SettingsError(
+            f"model.caption_dropout={v['model.caption_dropout']} empties the RNN's captions, but "
+            f"model.text_encoder={text} reads cached sentence embeddings; use model.text_encoder=rnn or "
+            "model.caption_dropout=0"
+        )
     if v["model.sentence_trainable_layers"] and v["model.caption"] and SENTENCE not in text.split("+"):
         raise SettingsError(
             f"model.sentence_trainable_layers={v['model.sentence_trainable_layers']} fine-tunes the sentence "
@@ -449,14 +512,6 @@ def _check_combinations(v: Mapping[str, Any]) -> None:
         raise SettingsError(
             "model.image_encoder.trainable_blocks > 0 needs model.image_encoder.freeze=true "
             "(with freeze=false the whole backbone trains already)"
-        )
-    if v["data.folds"] is not None and v["data.fold"] >= v["data.folds"]:
-        raise SettingsError(
-            f"data.fold={v['data.fold']} is not allowed with data.folds={v['data.folds']}: use 0..{v['data.folds'] - 1}"
-        )
-    if v["trainer.min_epochs"] > v["trainer.max_epochs"]:
-        raise SettingsError(
-            f"trainer.min_epochs={v['trainer.min_epochs']} exceeds trainer.max_epochs={v['trainer.max_epochs']}"
         )
 
 
@@ -474,12 +529,16 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         # Named before resolving: the data node's reader links `${..root}`, which cannot resolve without it.
         raise SettingsError("data.root is required (e.g. data.root=...): no value was given")
     resolved = OmegaConf.create(resolved_task_config(cfg, "<run folder>"))
+    # The one branch between the models of the model group: the captioner has its own knobs and no loss.
+    captioner = is_captioner(OmegaConf.select(resolved, "model"))
+    schemas = CAPTIONER_SCHEMAS if captioner else SCHEMAS
+    parts = ("optimizer", "scheduler") if captioner else _PARTS[1:]
     values: dict[str, Any] = {}
-    for prefix, schema in SCHEMAS.items():
+    for prefix, schema in schemas.items():
         values |= _check_schema(resolved, prefix, schema)
     _check_image_size(OmegaConf.select(resolved, "data.image_size"))
-    _check_unknown_keys(resolved)
-    _check_parts(resolved)
+    _check_unknown_keys(resolved, schemas, parts)
+    _check_parts(resolved, parts)
     _check_part_knobs(resolved, values["lr"])
     _check_combinations(values)
     _check_paths(values, resolved)

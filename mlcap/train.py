@@ -22,6 +22,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mlcap.calibration import calibrate, cross_fitted_f1
+from mlcap.captioning import is_captioner
 from mlcap.checkpoints import check_resumable, check_same_network, load_checkpoint
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule
@@ -101,19 +102,19 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     if os.environ.get("SLURM_JOB_ID"):  # hydra/launcher=slurm: which SLURM job ran it (also in metrics.json)
         log.info("SLURM job %s on %s", _slurm_job(), os.environ.get("SLURMD_NODENAME"))
     settings = validate(cfg)
+    task = task_for(cfg)
     output_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if check_folder(output_dir, resolved) == FINISHED:  # type: ignore[arg-type]
-        return _finished(output_dir)
+        return _finished(output_dir, task)
     ckpt_path = _resume_from(cfg, output_dir)
     torch.set_num_threads(cpu_threads(cfg.get("threads")))
     pl.seed_everything(cfg.seed, workers=True)
-    check_parts(cfg)
-    check_encoders(cfg)
+    task.check(cfg)
 
     trainer, checkpoint, history = build_trainer(cfg)  # first: Lightning checks its own settings
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
+    model = task.build_model(cfg, datamodule)
     # A sweep's varied keys, then the public keys (where files go and how fast are no hyperparameters).
     hparams = {**dict(compared or {}), **{k: v for k, v in settings.items() if not is_volatile(k)}}
     for logger in trainer.loggers:
@@ -127,25 +128,43 @@ def train(cfg: DictConfig, compared: Mapping[str, Any] | None = None) -> dict[st
     if not trainer.is_global_zero:
         return {}
 
-    best, best_path = load_best(checkpoint, model, output_dir)
-    evaluation = evaluate(best, datamodule, cfg)
-    threshold = calibrate_threshold(best, best_path, evaluation, cfg)
+    best, best_path = load_best(checkpoint, model, output_dir, task.model_class)
     metrics = {
-        **write_tables(best, evaluation, threshold, output_dir),
-        **evaluation.summary(),
+        **task.results(trainer, best, best_path, datamodule, cfg, output_dir),
         **_run_facts(best, model, history, _saved_epoch(best_path, history, checkpoint.monitor)),
         **clock.facts(),
         "checkpoint": str(best_path),
         "history": history.epochs,
     }
     write_json(output_dir / METRICS_FILE, metrics)
-    log_comparison(trainer, hparams, list(compared or {}), metrics["val_samples_f1"])
+    log_comparison(trainer, hparams, list(compared or {}), metrics[task.score], task.score)
     log.info(
-        "val samples-F1 %.4f (epoch %s), model %.1f MB, %.0f s; results in %s",
-        *(metrics[k] for k in ("val_samples_f1", "best_epoch", "model_size_mb", "wall_time_s")),
+        "%s %.4f (epoch %s), model %.1f MB, %.0f s; results in %s",
+        task.title,
+        *(metrics[k] for k in (task.score, "best_epoch", "model_size_mb", "wall_time_s")),
         output_dir,
     )
     return metrics
+
+
+def classifier_results(
+    trainer: pl.Trainer,
+    best: MultiLabelClassifier,
+    best_path: str,
+    datamodule: CaptionImageDataModule,
+    cfg: DictConfig,
+    output_dir: Path,
+) -> dict[str, Any]:
+    """The classifier's validation results: evaluate the best checkpoint, calibrate, write per_class tables."""
+    evaluation = evaluate(best, datamodule, cfg)
+    threshold = calibrate_threshold(best, best_path, evaluation, cfg)
+    return {**write_tables(best, evaluation, threshold, output_dir), **evaluation.summary()}
+
+
+def check_classifier(cfg: DictConfig) -> None:
+    """The classifier's parts and encoders, checked before any data is read."""
+    check_parts(cfg)
+    check_encoders(cfg)
 
 
 def _slurm_job() -> str:
@@ -156,11 +175,9 @@ def _slurm_job() -> str:
     return f"{array}_{task} (SLURM_JOB_ID {job})" if array and task else job
 
 
-def _finished(output_dir: Path) -> dict[str, Any]:
+def _finished(output_dir: Path, task: Task) -> dict[str, Any]:
     done = read_json(output_dir / METRICS_FILE)
-    log.info(
-        "%s holds this run, finished (val samples-F1 %.4f): skipping", output_dir, done["val_samples_f1"]
-    )
+    log.info("%s holds this run, finished (%s %.4f): skipping", output_dir, task.title, done[task.score])
     return done
 
 
@@ -340,8 +357,11 @@ def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, ModelCheckpoint, EpochHi
 
 
 def load_best(
-    checkpoint: ModelCheckpoint, model: MultiLabelClassifier, output_dir: Path
-) -> tuple[MultiLabelClassifier, str]:
+    checkpoint: ModelCheckpoint,
+    model: pl.LightningModule,
+    output_dir: Path,
+    model_class: type[pl.LightningModule] = MultiLabelClassifier,
+) -> tuple[Any, str]:
     """The best checkpoint's model, from this run's own folder (fast_dev_run and friends save none: then the
     weights in memory).
 
@@ -359,7 +379,7 @@ def load_best(
             "trainer.max_epochs (or early-stopped), so no epoch ran here. Raise trainer.max_epochs to train on, "
             "or predict with that checkpoint directly"
         )
-    best = MultiLabelClassifier.load_from_checkpoint(own, load_pretrained=False, map_location="cpu")
+    best = model_class.load_from_checkpoint(own, load_pretrained=False, map_location="cpu")
     return best, str(own)
 
 
@@ -483,15 +503,56 @@ def set_checkpoint_threshold(path: Path, threshold: float | list[float]) -> None
         torch.save(checkpoint, tmp)
 
 
-def log_comparison(trainer: pl.Trainer, hparams: Mapping[str, Any], varied: list[str], f1: float) -> None:
-    """TensorBoard's HPARAMS tab: the run's settings (varied keys marked) beside its best val samples-F1 (other
-    trackers: that figure as a metric)."""
+def log_comparison(
+    trainer: pl.Trainer,
+    hparams: Mapping[str, Any],
+    varied: list[str],
+    f1: float,
+    score: str = "val_samples_f1",
+) -> None:
+    """TensorBoard's HPARAMS tab: the run's settings (varied keys marked) beside its best score (val
+    samples-F1; the captioner's CIDEr-D) (other trackers: that figure as a metric)."""
+    metric = {f"hp/best_{score}": f1}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            log_hparams(logger.experiment, hparams, varied, {"hp/best_val_samples_f1": f1})
+            log_hparams(logger.experiment, hparams, varied, metric)
         else:  # CSV, MLflow: the same figure as a metric beside the run's hyperparameters
-            logger.log_metrics({"hp/best_val_samples_f1": f1}, step=trainer.global_step)
+            logger.log_metrics(metric, step=trainer.global_step)
         logger.finalize("success")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between the models the model group offers (the classifier, model=captioner) in the
+    recipe: checks before the data is read, how the model is built, what the best checkpoint is scored by and
+    written as, and the metrics.json key a sweep optimises. The rest of the recipe is shared."""
+
+    check: Callable[[DictConfig], None]
+    build_model: Callable[[DictConfig, CaptionImageDataModule], pl.LightningModule]
+    results: Callable[..., dict[str, Any]]
+    model_class: type[pl.LightningModule]
+    score: str
+    title: str  # the score as the log names it
+
+
+CLASSIFIER = Task(
+    check_classifier,
+    build_model,
+    classifier_results,
+    MultiLabelClassifier,
+    "val_samples_f1",
+    "val samples-F1",
+)
+
+
+def task_for(cfg: DictConfig) -> Task:
+    """The classifier, or the captioner when cfg.model is conf/model/captioner.yaml (mlcap.captioning)."""
+    if not is_captioner(cfg.model):
+        return CLASSIFIER
+    from mlcap.captioning.task import SCORE, build_captioner, caption_results
+    from mlcap.models.captioner import Captioner
+
+    return Task(lambda _cfg: None, build_captioner, caption_results, Captioner, SCORE, "val CIDEr-D")
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -520,7 +581,7 @@ def run_job(cfg: DictConfig) -> float | None:
         if lock is not None:
             lock.release()
     (output_dir / FAILED_FILE).unlink(missing_ok=True)
-    return metrics.get("val_samples_f1")
+    return metrics.get(task_for(cfg).score)
 
 
 def _record_failure(err: Exception, output_dir: Path) -> dict[str, str]:

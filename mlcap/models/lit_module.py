@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, 
 from mlcap.batch import Batch
 from mlcap.checkpoints import LAYOUT, LAYOUT_KEY, check_checkpoint
 from mlcap.data.metadata import DataMetadata
+from mlcap.data.text import PAD_ID, UNK_ID
 from mlcap.errors import DivergedError
 from mlcap.metrics import FieldMetrics, SamplesF1, decide_labels
 from mlcap.models.fusion import build_fusion_net
@@ -92,7 +94,21 @@ class MultiLabelClassifier(pl.LightningModule):
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.net(batch)
 
+    def drop_captions(self, batch: Batch) -> Batch:
+        """In training, each row's caption replaced by the empty one (a single unknown word, as an empty
+        caption is served) with probability model.caption_dropout; the batch as is otherwise."""
+        share = self.settings.caption_dropout
+        if not (self.training and share > 0 and self.settings.uses_rnn):
+            return batch
+        drop = torch.rand(len(batch), device=batch.tokens.device) < share
+        tokens = batch.tokens.clone()
+        tokens[drop] = PAD_ID
+        tokens[drop, 0] = UNK_ID
+        lengths = torch.where(drop, torch.ones_like(batch.lengths), batch.lengths)
+        return dataclasses.replace(batch, tokens=tokens, lengths=lengths)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        batch = self.drop_captions(batch)
         heads = self.net.head_logits(batch)
         losses = {name: self.loss_fn(logits, batch.target) for name, logits in heads.items()}
         size = len(batch)
