@@ -78,8 +78,10 @@ FINISHED, FAILED, UNFINISHED, NOT_STARTED = "finished", "failed", "unfinished", 
 # A metrics.json that is not what train.py writes (empty, an F1 of 7.5): listed with the failed jobs, never
 # averaged or bolded.
 INVALID = "invalid results"
-_REQUIRED_METRICS = ("val_samples_f1",)
+# A finished run's score: a classifier's val samples-F1, or a captioner's CIDEr-D (model=captioner).
+_SCORES = ("val_samples_f1", "val_CIDEr-D")
 _FRACTIONS = ("val_samples_f1", *FIELD)  # F1, precision, recall, mAP: within [0, 1]
+_CAPTION_FRACTIONS = ("val_BLEU-1", "val_BLEU-2", "val_BLEU-3", "val_BLEU-4", "val_ROUGE-L")
 _SWEEP_MARKERS = ("multirun.yaml", PLAN_FILE)  # what Hydra and the mlcap sweeper write into a sweep folder
 _SEED_KEY = "seed"
 # Keys whose runs are repeats of one setting, aggregated as mean ± std (k-fold cross-validation: the folds).
@@ -162,18 +164,25 @@ def _load_job(job_dir: Path, sweep_dir: Path) -> JobRecord:
 
 def _metrics_problem(metrics: dict[str, Any]) -> str | None:
     """Why a metrics.json cannot be a finished run's results (keys missing, a value out of range), or None."""
-    missing = [key for key in _REQUIRED_METRICS if key not in metrics]
-    if missing:
-        return f"no {', '.join(missing)} in it"
-    for key in (*_FRACTIONS, *METRICS, "model_size_mb", "wall_time_s"):  # the F1 first: the likelier fault
+    score = next((key for key in _SCORES if key in metrics), None)
+    if score is None:
+        return f"no {' or '.join(_SCORES)} in it"
+    fractions = (*_FRACTIONS, *_CAPTION_FRACTIONS)
+    for key in (
+        score,
+        *fractions,
+        *METRICS,
+        "model_size_mb",
+        "wall_time_s",
+    ):  # the score first: likelier fault
         value = metrics.get(key)
-        if value is None and key not in _REQUIRED_METRICS:
+        if value is None and key != score:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return f"{key} is {value!r}, not a finite number"
-        if key in _FRACTIONS and not 0.0 <= value <= 1.0:
+        if key in fractions and not 0.0 <= value <= 1.0:
             return f"{key} is {value!r}, outside [0, 1]"
-        if key in ("model_size_mb", "wall_time_s") and value < 0:
+        if key in ("model_size_mb", "wall_time_s", "val_CIDEr-D") and value < 0:
             return f"{key} is {value!r}, below 0"
     return None
 

@@ -196,9 +196,9 @@ def test_sweep_over_a_captioner_key(tiny_demo: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:]
     jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
-    assert jobs == ["model.beam_size=1", "model.beam_size=2"]
+    assert jobs == ["model.beam_size-1", "model.beam_size-2"]
     report = (sweep / "report.md").read_text()
-    assert "## Captions" in report and "| `model.beam_size=2` |" in report
+    assert "## Captions" in report and "| `model.beam_size-2` |" in report
 
 
 def test_predict_fill_generates_captions_only_where_they_are_empty(tiny_demo: Path, tmp_path: Path) -> None:

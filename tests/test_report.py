@@ -385,7 +385,9 @@ def test_invalid_metrics_are_listed_as_invalid_never_finished_or_best(sweep: Pat
     huge.write_text(json.dumps(metrics(7.5)))
     jobs = {job.name: job for job in load_jobs(sweep)}
     assert jobs["model.attention=true,seed=0"].status == "invalid results"
-    assert jobs["model.attention=true,seed=0"].error.startswith(f"{empty}: no val_samples_f1 in it")
+    assert jobs["model.attention=true,seed=0"].error.startswith(
+        f"{empty}: no val_samples_f1 or val_CIDEr-D in it"
+    )
     assert jobs["model.attention=true,seed=1"].error.startswith(
         f"{huge}: val_samples_f1 is 7.5, outside [0, 1]"
     )
@@ -395,7 +397,10 @@ def test_invalid_metrics_are_listed_as_invalid_never_finished_or_best(sweep: Pat
     assert "7.5" not in report.split("## Failed jobs")[0]  # neither averaged nor bolded
     assert "**0.7000" in report  # the only finished attention=true run is the best
     failed = report.split("## Failed jobs")[1].split("## ")[0]
-    assert "val_samples_f1 is 7.5, outside [0, 1]" in failed and "no val_samples_f1 in it" in failed
+    assert (
+        "val_samples_f1 is 7.5, outside [0, 1]" in failed
+        and "no val_samples_f1 or val_CIDEr-D in it" in failed
+    )
     settings = pd.read_csv(sweep / "settings.csv")
     on = settings[settings["model.attention"]].iloc[0]
     assert (on["n"], on["failed"]) == (1, 2)
