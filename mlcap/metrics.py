@@ -8,6 +8,7 @@ OF1 at the threshold, as ML-GCN and ASL report them: `FieldMetrics`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -105,9 +106,11 @@ class SamplesF1(torchmetrics.Metric):
 def mean_average_precision(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mAP: torchmetrics' per-label average precision, averaged over the labels with at least one positive
     (torchmetrics' own macro average counts a label without positives as 0)."""
-    per_label = multilabel_average_precision(
-        probs.float(), target.int(), num_labels=target.shape[1], average=None
-    )
+    with warnings.catch_warnings():  # its warning on labels without positives: those are left out below
+        warnings.filterwarnings("ignore", message=".*No positive samples found in target.*")
+        per_label = multilabel_average_precision(
+            probs.float(), target.int(), num_labels=target.shape[1], average=None
+        )
     present = target.sum(0) > 0
     return per_label[present].mean() if present.any() else torch.tensor(float("nan"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -181,3 +183,13 @@ def test_field_metrics_are_ml_gcns_cp_cr_cf1_op_or_of1_and_accumulate() -> None:
         metric.update(probs[rows], preds[rows], target[rows])
     for name, value in metric.compute().items():
         assert float(value) == pytest.approx(got[name], abs=1e-6), name
+
+
+def test_map_of_labels_without_positives_is_silent() -> None:
+    """COMP5329's label 12 never occurs: every validation epoch would print torchmetrics' warning about it,
+    although mAP leaves such labels out."""
+    target = torch.zeros(8, 4, dtype=torch.int)
+    target[:4, 0], target[2:, 1] = 1, 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert 0.0 <= float(mean_average_precision(torch.rand(8, 4), target)) <= 1.0
