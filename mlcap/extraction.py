@@ -15,12 +15,11 @@ import torch
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.datasets import ImagePreprocessing, image_transform
 from mlcap.data.feature_cache import ExtractionSpec, extract_features
-from mlcap.models.image_encoders import ImageEncoder
-from mlcap.models.sentence_encoder import SentenceEncoder
+from mlcap.models.contracts import CachedTextEncoder, ImageEncoder
 
 
 def prepare_inputs(
-    datamodule: CaptionImageDataModule, image: ImageEncoder, sentence: SentenceEncoder | None = None
+    datamodule: CaptionImageDataModule, image: ImageEncoder, sentence: CachedTextEncoder | None = None
 ) -> None:
     """Give `datamodule` (set up) the image encoder's preprocessing and the cached outputs of the frozen
     encoders: the image backbone's when it is frozen and data.cache is on, the sentence encoder's always."""
@@ -92,7 +91,9 @@ def image_features(datamodule: CaptionImageDataModule, encoder: ImageEncoder, so
     return features
 
 
-def sentence_states(datamodule: CaptionImageDataModule, encoder: SentenceEncoder, split: str) -> torch.Tensor:
+def sentence_states(
+    datamodule: CaptionImageDataModule, encoder: CachedTextEncoder, split: str
+) -> torch.Tensor:
     """The frozen part of the sentence encoder, once per caption of a split (cached by the exact texts)."""
     captions = datamodule.captions(split)
     if not datamodule.use_cache:

@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mlcap.errors import ExpectedError, one_line
+from mlcap.settings import SettingsError, resolved_task_config, shown, validate
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,6 @@ EMPTY, FINISHED, INTERRUPTED = "empty", "finished", "interrupted"
 
 class RunFolderError(ExpectedError):
     """A folder that this command must not use (another config's run, or another live process)."""
-
-
-def resolved_task_config(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """The task config (no `hydra` node) resolved as the job in `output_dir` will see it."""
-    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg.copy()
-    with open_dict(task):
-        task.paths.output_dir = str(Path(output_dir).absolute())
-    return OmegaConf.to_container(task, resolve=True)  # type: ignore[return-value]
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -166,11 +159,9 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def _describe(diffs: list[tuple[str, Any, Any]], limit: int = 8) -> str:
-    from mlcap.settings import shown as text
-
-    shown = [f"{key} (there {text(old)}, here {text(new)})" for key, old, new in diffs[:limit]]
+    listed = [f"{key} (there {shown(old)}, here {shown(new)})" for key, old, new in diffs[:limit]]
     more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
-    return "; ".join(shown) + more
+    return "; ".join(listed) + more
 
 
 def check_folder(folder: Path, resolved: Mapping[str, Any], redirect_key: str = "hydra.run.dir") -> str:
@@ -348,8 +339,6 @@ class RunFolderCallback(Callback):
         self._lock: FileLock | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlcap.settings import SettingsError, validate
-
         folder = Path(str(config.hydra.run.dir)).absolute()
         if launched_rank() != 0:
             return  # a DDP process that rank 0 started (or SLURM): rank 0 checked and locked this folder

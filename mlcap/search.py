@@ -228,7 +228,8 @@ class OptunaSearch:
             direction=self.spec.direction,
             load_if_exists=True,
         )
-        from mlcap.runs import resolved_task_config, run_identity
+        from mlcap.runs import run_identity
+        from mlcap.settings import resolved_task_config
 
         base_config = self.compose([*self.base, "hydra.sweep.subdir=base"])
         identity = run_identity(resolved_task_config(base_config, self.sweep_dir / "base"))

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mlcap.captioning import is_captioner
+from mlcap.models.presets import PRESETS
 
 __all__ = ["PUBLIC_KEYS", "ModelSchema", "SettingsError", "model_settings", "validate"]
 
@@ -46,15 +47,8 @@ def knob(
 # numpy's and so Lightning's seed_everything's largest seed (2**32 - 1).
 MAX_SEED = 2**32 - 1
 
-# The built-in image encoders (mlcap.models.image_encoders.PRESETS; `weights: null`), kept here torch-free.
-IMAGE_PRESETS = (
-    "efficientnet_lite0",
-    "efficientnet_lite1",
-    "efficientnet_lite2",
-    "resnet50",
-    "resnext50",
-    "small_cnn",
-)
+# The built-in image encoders (`weights: null`): the torch-free list that mlcap.models.image_encoders builds.
+IMAGE_PRESETS = PRESETS
 
 
 @dataclass
@@ -515,6 +509,15 @@ def _check_classifier_combinations(v: Mapping[str, Any]) -> None:
         )
 
 
+def resolved_task_config(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """The task config (no `hydra` node) resolved as the job in `output_dir` will see it: what `validate`
+    checks and what a run folder records (mlcap.runs)."""
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg.copy()
+    with open_dict(task):
+        task.paths.output_dir = str(Path(output_dir).absolute())
+    return OmegaConf.to_container(task, resolve=True)  # type: ignore[return-value]
+
+
 def validate_predict(cfg: DictConfig) -> dict[str, Any]:
     """Check predict.py's own keys (the model's settings come from the checkpoint)."""
     return _check_schema(cfg, "", PredictSchema)
@@ -522,8 +525,6 @@ def validate_predict(cfg: DictConfig) -> dict[str, Any]:
 
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check every public key of a composed train config; return them as {dotted key: value}."""
-    from mlcap.runs import resolved_task_config
-
     data = cfg.get("data")
     if isinstance(data, DictConfig) and "root" in data.keys() and OmegaConf.is_missing(data, "root"):  # noqa: SIM118
         # Named before resolving: the data node's reader links `${..root}`, which cannot resolve without it.

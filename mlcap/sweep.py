@@ -255,8 +255,8 @@ def check_jobs(
     or is in use by another process; then nothing is run at all, since Hydra would rewrite that folder's
     `.hydra/` as soon as the job started.
     """
-    from mlcap.runs import check_folder, folder_in_use, resolved_task_config
-    from mlcap.settings import validate
+    from mlcap.runs import check_folder, folder_in_use
+    from mlcap.settings import resolved_task_config, validate
 
     check_swept_keys(jobs, compose)
     known = _recorded_identities(sweep_dir)

@@ -150,7 +150,7 @@ def test_missing_torchvision_weights_say_what_to_do(monkeypatch: pytest.MonkeyPa
 def test_unknown_encoder_lists_choices() -> None:
     with pytest.raises(ValueError, match="small_cnn"):
         build_backbone("vgg")
-    assert set(PRESETS) == set(IMAGE_PRESETS)  # settings.py's torch-free copy checks names before any work
+    assert set(PRESETS) == set(IMAGE_PRESETS)  # settings.py checks the names, torch-free, before any work
 
 
 def test_partial_fine_tuning_trains_only_the_top_stages_on_the_cached_map() -> None:

@@ -25,6 +25,7 @@ from mlcap.checkpoints import LAYOUT, LAYOUT_KEY, check_checkpoint
 from mlcap.data.metadata import DataMetadata
 from mlcap.data.text import PAD_ID, UNK_ID
 from mlcap.errors import DivergedError
+from mlcap.models.contracts import ImageEncoder
 
 # A decoder state: tensors whose first dimension is the batch (reordered together by beam search).
 State = tuple[torch.Tensor, ...]
@@ -115,7 +116,7 @@ class Captioner(pl.LightningModule):
         vocab_size = words + 2
         embed_dim = int(model["embed_dim"])
         encoder = model["image_encoder"]
-        self.image_encoder = hydra.utils.instantiate(
+        self.image_encoder: ImageEncoder = hydra.utils.instantiate(
             encoder,
             pretrained=bool(encoder["pretrained"]) and load_pretrained,
             embed_dim=embed_dim,

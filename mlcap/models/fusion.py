@@ -11,7 +11,7 @@ from torch import nn
 
 from mlcap.batch import Batch
 from mlcap.models.caption_encoder import RNNCaptionEncoder
-from mlcap.models.image_encoders import ImageEncoder
+from mlcap.models.contracts import CachedTextEncoder, CaptionEncoder, ImageEncoder
 from mlcap.models.sentence_encoder import SentenceEncoder
 from mlcap.settings import ModelSchema
 
@@ -32,8 +32,8 @@ class FusionNet(nn.Module):
         self,
         *,
         image_encoder: ImageEncoder,
-        rnn_encoder: RNNCaptionEncoder | None,
-        sentence_encoder: SentenceEncoder | None,
+        rnn_encoder: CaptionEncoder | None,
+        sentence_encoder: CachedTextEncoder | None,
         num_labels: int,
         embed_dim: int,
         batch_norm: bool,

@@ -18,6 +18,7 @@ import torchvision
 from torch import nn
 
 from mlcap.errors import ExpectedError
+from mlcap.models.presets import EFFICIENTNET_LITES, PRESETS, RESNETS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,7 +46,6 @@ class Backbone:
     interpolation: str = "bilinear"
 
 
-EFFICIENTNET_LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 HUB, NO_WEIGHTS = "hub", "none"
 
 
@@ -139,7 +139,10 @@ _PRESET_BUILDERS: dict[str, Callable[[bool], Backbone]] = {
     ),
     "small_cnn": _small_cnn,
 }
-PRESETS = tuple(_PRESET_BUILDERS)
+if tuple(_PRESET_BUILDERS) != PRESETS:  # the names' one list (mlcap.models.presets) and the builders agree
+    raise ImportError(
+        f"image encoder builders {tuple(_PRESET_BUILDERS)} differ from presets.PRESETS {PRESETS}"
+    )
 
 
 def build_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> Backbone:
@@ -267,7 +270,7 @@ def backbone_stages(name: str, module: nn.Module, preset: bool = True) -> list[n
             *module.blocks,
             nn.Sequential(module.conv_head, module.bn2),
         ]
-    if name in ("resnext50", "resnet50"):
+    if name in RESNETS:
         stem = nn.Sequential(module.conv1, module.bn1, module.relu, module.maxpool)
         return [stem, module.layer1, module.layer2, module.layer3, module.layer4]
     if name == "small_cnn":
