@@ -69,15 +69,20 @@ def _comp5329_copy(tiny_demo: Path, root: Path) -> Path:
     return root
 
 
+def _labels_on_line_3(root: Path, labels: str) -> None:
+    """Give the third line of the copy's train.csv (its second row) the label field `labels`."""
+    lines = (root / "train.csv").read_text().splitlines()
+    image_id, _, rest = lines[2].split(",", 2)
+    lines[2] = f"{image_id},{labels},{rest}"
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+
+
 # Finding 5: every expected error of train.py is one line.
 
 
 def test_a_label_20_row_is_one_line_naming_file_and_row(tiny_demo: Path, tmp_path: Path) -> None:
     root = _comp5329_copy(tiny_demo, tmp_path / "data")
-    lines = (root / "train.csv").read_text().splitlines()
-    image_id, _, rest = lines[2].split(",", 2)
-    lines[2] = f"{image_id},1 20,{rest}"
-    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    _labels_on_line_3(root, "1 20")
     args = [*_TINY_MODEL, "data=comp5329", f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}"]
     result = _run("train.py", *args, f"hydra.run.dir={tmp_path / 'r'}")
     _one_line(result, str(root / "train.csv"), "line 3", "[20]")
@@ -89,10 +94,7 @@ def test_a_label_20_row_is_one_line_naming_file_and_row(tiny_demo: Path, tmp_pat
 def test_a_sweep_job_records_an_expected_error_in_one_line(tiny_demo: Path, tmp_path: Path) -> None:
     """A sweep's job: one line in its failed.json (no traceback) and in the console."""
     root = _comp5329_copy(tiny_demo, tmp_path / "data")
-    text = (root / "train.csv").read_text().splitlines()
-    image_id, _, rest = text[2].split(",", 2)
-    text[2] = f"{image_id},20,{rest}"
-    (root / "train.csv").write_text("\n".join(text) + "\n")
+    _labels_on_line_3(root, "20")
     sweep_dir = tmp_path / "sweep"
     result = _run(
         "train.py",
