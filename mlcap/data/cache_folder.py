@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import errno
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock
 
 
 class CacheFolderError(OSError):
@@ -43,3 +47,21 @@ def unwritable(
     )
     error.errno = err.errno  # str(error) stays the one line above
     return error
+
+
+@contextmanager
+def locked(
+    lock_path: Path, folder: Path, what: tuple[str, str], kind: type[CacheFolderError] = CacheFolderError
+) -> Iterator[None]:
+    """Hold the lock beside a cache entry (its folder made first); a folder that cannot take them is the
+    one-line error of `unwritable`."""
+    lock = FileLock(str(lock_path))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as err:
+        raise unwritable(folder, err, what, kind) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
 from PIL import Image, ImageDraw
 
-from mlcap.data.cache_folder import unwritable
+from mlcap.data.cache_folder import locked, unwritable
 
 __all__ = ["DEMO_LABEL_NAMES", "MARKER_NAME", "MENTION_PROB", "ensure_demo", "generate_demo"]
 
@@ -463,13 +462,7 @@ def ensure_demo(
     wanted = _params(n_train, n_test, image_size, seed)
     if root.is_dir() and _read_marker(root) == wanted:
         return root  # complete (sets are renamed into place whole): no lock, so a read-only cache serves it
-    lock = FileLock(f"{root}.lock")
-    try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-    except OSError as err:
-        raise unwritable(root.parent, err, DEMO) from None
-    with lock:
+    with locked(Path(f"{root}.lock"), root.parent, DEMO):
         if root.exists():
             found = _read_marker(root) if root.is_dir() else None
             if found == wanted:

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mlcap.data.cache_folder import CacheFolderError, unwritable
+from mlcap.data.cache_folder import CacheFolderError, locked, unwritable
 from mlcap.data.comp5329 import DataFormatError
 from mlcap.data.datasets import ImageFiles, collate_images, worker_context
 
@@ -185,13 +184,7 @@ class FeatureCache:
         if cached is not None:
             log.info("feature cache hit: %s (%d rows, verified, no encoder pass)", path, rows)
             return cached
-        lock = FileLock(str(path) + ".lock")
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-        except OSError as err:
-            raise unwritable(self.cache_dir, err, FEATURES, FeatureCacheError) from None
-        try:
+        with locked(Path(f"{path}.lock"), self.cache_dir, FEATURES, FeatureCacheError):
             cached = self._load(path, meta, views)
             if cached is not None:
                 log.info("feature cache hit after waiting for another run: %s", path)
@@ -201,8 +194,6 @@ class FeatureCache:
             log.info("feature cache miss: computing %s for %d rows into %s", meta.get("encoder"), rows, path)
             features = _checked_output(extract(), rows, views)
             _write_atomically(path, features, meta)
-        finally:
-            lock.release()
         return features
 
 
