@@ -17,6 +17,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from mlcap.config_files import CONF_DIR
 from mlcap.data.datamodule import build_datamodule
 from mlcap.data.reader import check_known_labels
 from mlcap.data.text import preprocess_caption
@@ -24,7 +25,6 @@ from mlcap.data.text import preprocess_caption
 __all__ = ["caption_lengths", "label_counts", "labels_per_image", "run_eda", "write_eda"]
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def labels_per_image(labels: Iterable[Sequence[object]]) -> pd.DataFrame:
@@ -288,7 +288,7 @@ def run_eda(cfg: DictConfig) -> Path:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eda")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eda")
 def main(cfg: DictConfig) -> None:
     run_eda(cfg)
 

@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mlcap.captioning import is_captioner
+from mlcap.config_files import group_options
 from mlcap.models.presets import PRESETS
 
 __all__ = ["PUBLIC_KEYS", "ModelSchema", "SettingsError", "model_settings", "validate"]
@@ -354,10 +355,6 @@ def _check_unknown_keys(cfg: DictConfig, schemas: Mapping[str, type], parts: tup
             )
 
 
-def _group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / group).glob("*.yaml"))
-
-
 def _check_parts(cfg: DictConfig, parts: tuple[str, ...]) -> None:
     """model.loss, model.optimizer and model.scheduler are `_target_` nodes (the loss and the schedule chosen by
     config group); the optimizer and a scheduler are `_partial_`: the model calls them with what it knows."""
@@ -365,7 +362,7 @@ def _check_parts(cfg: DictConfig, parts: tuple[str, ...]) -> None:
         key, node = f"model.{name}", OmegaConf.select(cfg, f"model.{name}")
         if name == "scheduler" and node is None:
             continue  # model/scheduler=constant
-        options = _group_options(f"model/{name}")
+        options = group_options(f"model/{name}")
         if not isinstance(node, DictConfig) or "_target_" not in node:
             hint = f"choose it with model/{name}=<{'|'.join(options)}>" if options else "give a _target_ node"
             if isinstance(node, str) and node in options:

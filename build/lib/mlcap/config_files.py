@@ -1,0 +1,14 @@
+"""Where mlcap's config files are, for the modules that compose or read them outside train.py/predict.py.
+
+One path for a clone and an installed wheel alike: `mlcap/conf` is a link to the repository's `conf/` in a
+clone (and an editable install), and the packaged copy of it in a wheel (pyproject.toml's package-data).
+"""
+
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (`model/image_encoder` -> ["clip_vit_b32", ...]), as Hydra lists them."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

@@ -1,0 +1,1 @@
+"""Models: image and caption encoders, the fusion network and its LightningModule."""
