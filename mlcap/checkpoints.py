@@ -10,6 +10,9 @@ checks that it is a Lightning checkpoint at all. Loading is weights-only (``torc
 mlcap writes tensors and plain Python values only, so a file that needs any other object unpickled (the way a
 pickle runs code) is refused before anything in it is built, naming the file. A model checkpoint (one with hyper-parameters) of another layout than this code's (`LAYOUT`) is
 refused in one line naming the file: retrain with this version.
+
+The training recipe's own reads and edits of its checkpoints live here too: the best model (`load_best`), the
+epoch it holds (`saved_epoch`) and the calibrated threshold written into it (`set_checkpoint_threshold`).
 """
 
 from __future__ import annotations
