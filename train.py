@@ -9,7 +9,7 @@ import mlcap  # noqa: F401  (sets OpenMP waiting policy before torch loads)
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from mlcap.console import errors_in_one_line
-    from mlcap.train import run_job
+    from mlcap.jobs import run_job
 
     with errors_in_one_line():  # expected errors (mlcap.errors) in one line; a sweep's job records its own
         return run_job(cfg)

@@ -29,8 +29,9 @@ from pytorch_lightning.callbacks import Callback
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mlcap.classifier_task import build_model  # noqa: E402
 from mlcap.metrics import decide_labels, samples_f1  # noqa: E402
-from mlcap.train import build_datamodule, build_model, build_trainer  # noqa: E402
+from mlcap.train import build_datamodule, build_trainer  # noqa: E402
 
 
 def config(work: Path, rows: int, epochs: int, overrides: list[str]) -> DictConfig:

@@ -10,6 +10,9 @@ checks that it is a Lightning checkpoint at all. Loading is weights-only (``torc
 mlcap writes tensors and plain Python values only, so a file that needs any other object unpickled (the way a
 pickle runs code) is refused before anything in it is built, naming the file. A model checkpoint (one with hyper-parameters) of another layout than this code's (`LAYOUT`) is
 refused in one line naming the file: retrain with this version.
+
+The training recipe's own reads and edits of its checkpoints live here too: the best model (`load_best`), the
+epoch it holds (`saved_epoch`) and the calibrated threshold written into it (`set_checkpoint_threshold`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,15 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from mlcap.errors import ExpectedError
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
 __all__ = [
     "LAYOUT",
@@ -29,7 +38,10 @@ __all__ = [
     "check_checkpoint",
     "check_resumable",
     "check_same_network",
+    "load_best",
     "load_checkpoint",
+    "saved_epoch",
+    "set_checkpoint_threshold",
 ]
 
 # What Lightning needs to resume training (it raises a KeyError deep in fit() without the optimizer state).
@@ -183,3 +195,45 @@ def check_same_network(path: str | Path, model: dict[str, Any]) -> None:
             f"ckpt_path={path} holds another network: {shown}. Resume with the settings it was trained with, "
             "or leave ckpt_path unset to train this one from scratch"
         )
+
+
+def saved_epoch(path: str | Path) -> int:
+    """The epoch whose weights the checkpoint holds (so losses and F1 in metrics.json are one epoch's)."""
+    return int(load_checkpoint(path)["epoch"])
+
+
+def set_checkpoint_threshold(path: Path, threshold: float | list[float]) -> None:
+    """Store a calibrated threshold in a checkpoint, atomically: a crash never leaves a half-written file."""
+    from mlcap.runs import atomic_path
+
+    checkpoint = load_checkpoint(path)
+    checkpoint["hyper_parameters"]["threshold"] = threshold
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_best(
+    checkpoint: ModelCheckpoint,
+    model: pl.LightningModule,
+    output_dir: Path,
+    model_class: type[pl.LightningModule],
+) -> tuple[Any, str]:
+    """The best checkpoint's model, from this run's own folder (fast_dev_run and friends save none: then the
+    weights in memory).
+
+    Lightning restores the best path a resumed checkpoint recorded, which may lie in another run's folder
+    (`ckpt_path=` from another run) or where this folder was before it moved: only a file in this run's
+    checkpoints folder is this run's, so another run's files are never read as ours or rewritten.
+    """
+    recorded = checkpoint.best_model_path or checkpoint.last_model_path
+    if not recorded:
+        return model, ""
+    own = output_dir / "checkpoints" / Path(recorded).name
+    if not own.is_file():
+        raise ExpectedError(
+            f"training saved no checkpoint in {own.parent}: the run resumed from a checkpoint already at "
+            "trainer.max_epochs (or early-stopped), so no epoch ran here. Raise trainer.max_epochs to train on, "
+            "or predict with that checkpoint directly"
+        )
+    best = model_class.load_from_checkpoint(own, load_pretrained=False, map_location="cpu")
+    return best, str(own)

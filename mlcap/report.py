@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlcap.captioning.report import caption_sections
 from mlcap.config_files import CONF_DIR
+from mlcap.run_facts import SIZE_LIMIT_MB
 from mlcap.runs import (
     FAILED_FILE,
     LAST_CHECKPOINT,
@@ -60,8 +61,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Same limit as mlcap.train.SIZE_LIMIT_MB; not imported from there because that module pulls in torch.
-SIZE_LIMIT_MB = 100.0
 # The field's metrics (mAP; CP, CR, CF1, OP, OR, OF1 at the threshold, as ML-GCN and ASL report them) beside
 # samples-F1: all in jobs.csv and settings.csv; mAP, CF1 and OF1 in report.md's tables.
 FIELD = tuple(f"val_{name}" for name in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"))

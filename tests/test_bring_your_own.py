@@ -122,7 +122,8 @@ def test_a_timm_model_trains_on_cached_features(
 
 
 def test_timm_config_takes_the_models_input_size(compose_train: Callable[..., DictConfig]) -> None:
-    from mlcap.train import build_datamodule, build_model
+    from mlcap.classifier_task import build_model
+    from mlcap.train import build_datamodule
 
     cfg = compose_train("model/image_encoder=timm", "model.image_encoder.name=resnet10t")
     cfg.data.image_size = None  # fast_overrides set 32; timm.yaml's own default is null

@@ -268,9 +268,9 @@ def test_predict_fill_generates_captions_only_where_they_are_empty(tiny_demo: Pa
 def test_caption_dropout_trains_on_empty_captions(compose_train: Callable[..., DictConfig]) -> None:
     """model.caption_dropout: a share of the training rows read the empty caption (one unknown word, as an
     empty caption is served at prediction), the others their own; validation rows are never dropped."""
+    from mlcap.classifier_task import build_model
     from mlcap.data.text import UNK_ID
     from mlcap.models.lit_module import MultiLabelClassifier
-    from mlcap.train import build_model
 
     cfg = compose_train("model/image_encoder=small_cnn", "model.caption_dropout=0.5")
     datamodule = build_datamodule(cfg)

@@ -17,13 +17,14 @@ from torch import nn
 
 from mlcap.batch import Batch
 from mlcap.checkpoints import LAYOUT, LAYOUT_KEY, CheckpointError
+from mlcap.classifier_task import build_model
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.models.caption_encoder import RNNCaptionEncoder
 from mlcap.models.image_encoders import SmallCNN
 from mlcap.models.lit_module import MultiLabelClassifier
 from mlcap.models.sentence_encoder import SentenceEncoder
 from mlcap.settings import validate
-from mlcap.train import build_datamodule, build_model
+from mlcap.train import build_datamodule
 
 LABELS = 19
 LITE0_FEATURES = 1280

@@ -23,10 +23,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata
 
 from mlcap.checkpoints import CheckpointError
+from mlcap.models.parts import check_parts
 from mlcap.predict import check_tta, predict, predict_device
 from mlcap.runs import RunFolderError, check_folder, differences, folder_in_use, lock_folder, write_json
 from mlcap.settings import SettingsError, validate
-from mlcap.train import check_parts, train
+from mlcap.train import train
 
 TRAIN = str(REPO / "train.py")
 

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class MlcapLauncherConf:
     _target_: str = "hydra_plugins.mlcap_launcher.MlcapLauncher"
     # Jobs side by side, each in its own process; -1: one per core; 1: one after the other. On a CPU, small
-    # models train faster side by side with fewer threads each (mlcap.train.cpu_threads shares the cores).
+    # models train faster side by side with fewer threads each (mlcap.run_facts.cpu_threads shares the cores).
     n_jobs: int = 2
     # Seconds a job gets to stop after SIGTERM/Ctrl-C of the sweep before it is killed.
     stop_grace_s: float = 30.0

@@ -198,8 +198,8 @@ class MlcapSweeper(Sweeper):
 
 
 def check_n_jobs(n_jobs: Any) -> None:
-    """The joblib launcher's jobs side by side: -1 (one per core) or at least 1 (mlcap.train.cpu_threads shares
-    the cores among them); joblib itself would fail on 0 with a traceback once the sweep has started."""
+    """The joblib launcher's jobs side by side: -1 (one per core) or at least 1 (mlcap.run_facts.cpu_threads
+    shares the cores among them); joblib itself would fail on 0 with a traceback once the sweep has started."""
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or not (n_jobs == -1 or n_jobs >= 1):
         shown = (
             repr(n_jobs) if isinstance(n_jobs, str) else str(n_jobs).lower() if n_jobs is not None else "null"

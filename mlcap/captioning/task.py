@@ -23,6 +23,7 @@ from mlcap.data.datasets import whole_batch
 from mlcap.extraction import prepare_inputs
 from mlcap.models.captioner import Captioner
 from mlcap.runs import write_atomic
+from mlcap.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -191,3 +192,6 @@ def examples_markdown(
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ") or "(empty)"
+
+
+CAPTIONER = Task(lambda _cfg: None, build_captioner, caption_results, Captioner, SCORE, "val CIDEr-D")

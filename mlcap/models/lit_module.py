@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from torchmetrics import MetricCollection
@@ -20,6 +19,7 @@ from mlcap.data.text import PAD_ID, UNK_ID
 from mlcap.errors import DivergedError
 from mlcap.metrics import FieldMetrics, SamplesF1, decide_labels
 from mlcap.models.fusion import build_fusion_net
+from mlcap.models.parts import build_loss, build_optimizer, build_scheduler
 from mlcap.settings import model_settings
 
 
@@ -66,7 +66,7 @@ class MultiLabelClassifier(pl.LightningModule):
             word_vectors=embedding_init,
             load_pretrained=load_pretrained,
         )
-        self.loss_fn = hydra.utils.instantiate(model["loss"])
+        self.loss_fn = build_loss(model["loss"])
         self.val_metrics = _metric_collection(len(self.label_names), prefix="val/")
         self.val_field = FieldMetrics(len(self.label_names))  # mAP, CP ... OF1: logged as val/mAP, ...
 
@@ -169,17 +169,11 @@ class MultiLabelClassifier(pl.LightningModule):
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self) -> Any:
-        """model.optimizer (a `_partial_` node) over the parameter groups; model.scheduler, if any (a `_partial_`
-        node, e.g. one-cycle), called with the optimizer, each group's lr as `max_lr` and the run's optimizer
-        steps as `total_steps`, and stepped every step."""
-        groups = self.parameter_groups()
-        optimizer = hydra.utils.instantiate(self.hparams["model"]["optimizer"])(groups)
+        """model.optimizer over the parameter groups; model.scheduler, if any, over the run's optimizer steps
+        (mlcap.models.parts builds both, as its dry run before the data does)."""
+        optimizer = build_optimizer(self.hparams["model"]["optimizer"], self.parameter_groups())
         scheduler = self.hparams["model"]["scheduler"]
         if scheduler is None:
             return optimizer
-        schedule = hydra.utils.instantiate(scheduler)(
-            optimizer,
-            max_lr=[g["lr"] for g in groups],
-            total_steps=int(self.trainer.estimated_stepping_batches),
-        )
+        schedule = build_scheduler(scheduler, optimizer, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
