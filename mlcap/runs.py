@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -96,14 +96,27 @@ def run_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     """Equal as config values: 3e-4 == 0.0003, but True is not 1 and 1 is not "1"."""
     if isinstance(a, bool) != isinstance(b, bool) or isinstance(a, str) != isinstance(b, str):
         return False
     return bool(a == b)
 
 
-_ABSENT = "<absent>"
+ABSENT = "<absent>"  # the value of a key that a config lacks, when configs are compared
+
+
+def varied_keys(configs: Sequence[Mapping[str, Any]], ignore: Sequence[str] = ()) -> list[str]:
+    """Keys (in order of first appearance) whose values differ between flat configs; a key that some lack
+    differs. The one rule for what a sweep varies: its plan's overrides (sweep_varied_keys) and its jobs'
+    configs (the report)."""
+    keys = dict.fromkeys(key for config in configs for key in config)
+    return [
+        key
+        for key in keys
+        if key not in ignore
+        and any(not same_value(c.get(key, ABSENT), configs[0].get(key, ABSENT)) for c in configs[1:])
+    ]
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -113,17 +126,17 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[st
     default does not change what an older run computed.
     """
     keys = list(dict.fromkeys([*old, *new]))
-    pairs = [(key, old.get(key, _ABSENT), new.get(key, _ABSENT)) for key in keys]
+    pairs = [(key, old.get(key, ABSENT), new.get(key, ABSENT)) for key in keys]
     return [
         (key, there, here)
         for key, there, here in pairs
-        if not _same(there, here) and not _absent_or_null(there, here)
+        if not same_value(there, here) and not _absent_or_null(there, here)
     ]
 
 
 def _absent_or_null(there: Any, here: Any) -> bool:
-    return (isinstance(there, str) and there == _ABSENT and here is None) or (
-        there is None and isinstance(here, str) and here == _ABSENT
+    return (isinstance(there, str) and there == ABSENT and here is None) or (
+        there is None and isinstance(here, str) and here == ABSENT
     )
 
 
@@ -296,18 +309,14 @@ def sweep_varied_keys(sweep_dir: Path) -> list[str]:
     plan_path = sweep_dir / PLAN_FILE
     if not plan_path.is_file():
         return []
-    values: dict[str, set[str]] = {}
     jobs = json.loads(plan_path.read_text()).get("jobs") or []
-    for job in jobs:
-        for override in job.get("overrides", []):
-            key, _, value = override.partition("=")
-            values.setdefault(key.lstrip("+~"), set()).add(value)
-    keys_in_every = [k for k in values if all(_has_key(j, k) for j in jobs)]
-    return [k for k in values if len(values[k]) > 1 or k not in keys_in_every]
+    return varied_keys([_override_values(job.get("overrides", [])) for job in jobs])
 
 
-def _has_key(job: Mapping[str, Any], key: str) -> bool:
-    return any(o.lstrip("+~").partition("=")[0] == key for o in job.get("overrides", []))
+def _override_values(overrides: Sequence[str]) -> dict[str, str]:
+    """["+model.x=1", "lr=0.1"] -> {"model.x": "1", "lr": "0.1"}: a job's overrides as a flat config."""
+    pairs = (override.partition("=") for override in overrides)
+    return {key.lstrip("+~"): value for key, _, value in pairs}
 
 
 def latest_finished_checkpoint(root: Path) -> Path | None:
