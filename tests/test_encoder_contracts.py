@@ -3,6 +3,7 @@ missing a member does not, and the built-in encoders' names come from one torch-
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -112,3 +113,59 @@ def test_the_settings_check_takes_the_presets_from_one_list_without_torch() -> N
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def _protocol_members(protocol: type) -> set[str]:
+    """A Protocol's members: its annotated attributes and the methods and properties its body defines."""
+    body = {name for name in vars(protocol) if not name.startswith("_")}
+    return body | set(protocol.__annotations__)
+
+
+def _image_encoder_uses(path: Path, params: set[str]) -> set[str]:
+    """The attributes a module reads of the image encoder: of a function argument annotated `ImageEncoder` (or
+    named in `params`), and of any `<...>.image_encoder`."""
+    uses = set()
+    for function in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        args = function.args.args + function.args.kwonlyargs
+        names = {
+            a.arg
+            for a in args
+            if a.arg in params or ast.unparse(a.annotation or ast.Name("")) == "ImageEncoder"
+        }
+        for node in ast.walk(function):
+            if not isinstance(node, ast.Attribute):
+                continue
+            inner = node.value
+            if (isinstance(inner, ast.Name) and inner.id in names) or (
+                isinstance(inner, ast.Attribute) and inner.attr == "image_encoder"
+            ):
+                uses.add(node.attr)
+    return uses
+
+
+@pytest.mark.parametrize(
+    ("module", "params"),
+    [
+        ("mlcap/extraction.py", set()),
+        ("mlcap/predict.py", set()),
+        ("mlcap/data/feature_cache.py", {"backbone"}),  # extract_features(encoder, ...) from extraction
+    ],
+)
+def test_the_data_side_and_prediction_use_only_the_image_encoder_contract(
+    module: str, params: set[str]
+) -> None:
+    uses = _image_encoder_uses(ROOT / module, params)
+    assert uses, f"{module}: the check found no use of the image encoder (renamed?)"
+    assert uses <= _protocol_members(contracts.ImageEncoder), uses - _protocol_members(contracts.ImageEncoder)
+
+
+def test_the_built_in_encoder_is_the_target_the_settings_checks_as_built_in() -> None:
+    """settings applies the preset/timm checks to `_target_` presets.BUILT_IN_ENCODER only; base.yaml names it."""
+    from omegaconf import OmegaConf
+
+    from mlcap.models.presets import BUILT_IN_ENCODER
+
+    assert f"{ImageEncoder.__module__}.{ImageEncoder.__qualname__}" == BUILT_IN_ENCODER
+    assert OmegaConf.load(ROOT / "conf/model/image_encoder/base.yaml")["_target_"] == BUILT_IN_ENCODER
