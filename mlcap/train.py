@@ -323,9 +323,7 @@ def build_model(cfg: DictConfig, datamodule: CaptionImageDataModule) -> MultiLab
         tta=cfg.tta,
         embedding_init=vectors,
     )
-    prepare_inputs(
-        datamodule, model.net.image_encoder, model.net.sentence_encoder
-    )  # the model's frozen parts, once per row, through the cache
+    datamodule.use_inputs(prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder))
     log.info(
         "model size as stored for inference: %.1f MB (the limit is %.0f MB; Lightning's summary below assumes "
         "4 bytes for every parameter, half-precision frozen weights included)",
