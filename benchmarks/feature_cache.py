@@ -144,9 +144,8 @@ def main() -> None:
         dm.use_inputs(inputs)
         cached_loader = dm.train_dataloader()
         cached = min(epoch_seconds(model, cached_loader) for _ in range(2))
-        dm.use_inputs(
-            dataclasses.replace(inputs, features={})
-        )  # decoded images: the backbone runs every step
+        # The same inputs without cached features: images are decoded, the backbone runs every step.
+        dm.use_inputs(dataclasses.replace(inputs, features={}))
         recomputed = epoch_seconds(model, dm.train_dataloader())
         print(
             f"2. one epoch on {args.rows} rows: cached features {cached:.2f} s, recomputed features "
