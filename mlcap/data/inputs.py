@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import torch
 
@@ -35,9 +34,10 @@ class ModelInputs:
     sentences: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Read-only views: the data module keeps what it was given, not what a caller changes later.
-        object.__setattr__(self, "features", MappingProxyType(dict(self.features)))
-        object.__setattr__(self, "sentences", MappingProxyType(dict(self.sentences)))
+        # Own copies (plain dicts, so a data module holding them still pickles for DDP): the data module keeps
+        # what it was given, not what the caller's mappings become later.
+        object.__setattr__(self, "features", dict(self.features))
+        object.__setattr__(self, "sentences", dict(self.sentences))
 
     def check(self, source_rows: Mapping[str, int], split_captions: Mapping[str, int]) -> None:
         """Raise ValueError naming the first part that does not fit the data module's rows (`source_rows`:
