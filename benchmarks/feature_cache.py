@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import subprocess
 import sys
@@ -139,10 +140,12 @@ def main() -> None:
             tta=False,
             embedding_init=vectors,
         )
-        prepare_inputs(dm, model.net.image_encoder)
+        inputs = prepare_inputs(dm, model.net.image_encoder)
+        dm.use_inputs(inputs)
         cached_loader = dm.train_dataloader()
         cached = min(epoch_seconds(model, cached_loader) for _ in range(2))
-        dm._features.clear()  # decoded images again: the backbone runs every step
+        # The same inputs without cached features: images are decoded, the backbone runs every step.
+        dm.use_inputs(dataclasses.replace(inputs, features={}))
         recomputed = epoch_seconds(model, dm.train_dataloader())
         print(
             f"2. one epoch on {args.rows} rows: cached features {cached:.2f} s, recomputed features "

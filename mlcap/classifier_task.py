@@ -21,10 +21,11 @@ from mlcap.data.word_vectors import train_word_vectors
 from mlcap.extraction import prepare_inputs
 from mlcap.inference import probabilities
 from mlcap.metrics import classification_table, decide_labels, field_metrics, samples_f1
+from mlcap.models.backbones import build_backbone
 from mlcap.models.fusion import inference_size_bytes
-from mlcap.models.image_encoders import build_backbone
 from mlcap.models.lit_module import MultiLabelClassifier
 from mlcap.models.parts import check_parts
+from mlcap.models.presets import BUILT_IN_ENCODER
 from mlcap.models.sentence_encoder import sentence_source
 from mlcap.run_facts import SIZE_LIMIT_MB
 from mlcap.runs import write_atomic
@@ -44,10 +45,12 @@ def check_encoders(cfg: DictConfig) -> None:
     """Fail before any data is read when an encoder's weights are not at hand (offline hub, missing file).
 
     A timm backbone is built once here and dropped (its weights then sit in the hub cache for the real
-    build); the sentence encoder's source is resolved without loading it.
+    build); the sentence encoder's source is resolved without loading it. A user's own encoder class (another
+    `_target_`) loads its weights itself.
     """
     encoder = cfg.model.image_encoder
-    if encoder.get("weights") is not None and encoder.pretrained:
+    built_in = encoder.get("_target_", BUILT_IN_ENCODER) == BUILT_IN_ENCODER
+    if built_in and encoder.get("weights") is not None and encoder.pretrained:
         build_backbone(encoder.name, True, encoder.weights)
     if model_settings(cfg.model).uses_sentence_encoder:
         sentence_source(cfg.model.sentence_model)
@@ -73,9 +76,8 @@ def build_model(cfg: DictConfig, datamodule: CaptionImageDataModule) -> MultiLab
         tta=cfg.tta,
         embedding_init=vectors,
     )
-    prepare_inputs(
-        datamodule, model.net.image_encoder, model.net.sentence_encoder
-    )  # the model's frozen parts, once per row, through the cache
+    # The model's frozen parts, once per row, through the cache; the data module serves their outputs.
+    datamodule.use_inputs(prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder))
     log.info(
         "model size as stored for inference: %.1f MB (the limit is %.0f MB; Lightning's summary below assumes "
         "4 bytes for every parameter, half-precision frozen weights included)",

@@ -2,9 +2,10 @@
 
 The data module reads, checks, splits and tokenises rows and serves batches; it knows nothing of models.
 The model decides what its inputs look like (image size, normalisation) and which of its parts are frozen.
-This step joins them: it tells the data module the image preprocessing, then runs each frozen encoder once
-per row through the feature cache (a frozen image backbone per image and flip view, a frozen sentence encoder
-per caption) and hands the tensors to the data module, which serves them in place of images and text.
+This step joins them in one handoff: it works out the image preprocessing, runs each frozen encoder once per
+row through the feature cache (a frozen image backbone per image and flip view, a frozen sentence encoder per
+caption) and returns all of it as one ModelInputs (mlcap.data.inputs), which the caller gives to the data
+module (`datamodule.use_inputs(...)`); the data module checks it and serves it in place of images and text.
 """
 
 from __future__ import annotations
@@ -15,25 +16,25 @@ import torch
 from mlcap.data.datamodule import CaptionImageDataModule
 from mlcap.data.datasets import ImagePreprocessing, image_transform
 from mlcap.data.feature_cache import ExtractionSpec, extract_features
+from mlcap.data.inputs import ModelInputs
 from mlcap.models.contracts import CachedTextEncoder, ImageEncoder
 
 
 def prepare_inputs(
     datamodule: CaptionImageDataModule, image: ImageEncoder, sentence: CachedTextEncoder | None = None
-) -> None:
-    """Give `datamodule` (set up) the image encoder's preprocessing and the cached outputs of the frozen
-    encoders: the image backbone's when it is frozen and data.cache is on, the sentence encoder's always."""
-    datamodule.set_image_preprocessing(
-        ImagePreprocessing(
-            datamodule.image_size_for(image.input_size), image.mean, image.std, image.interpolation
-        )
-    )
+) -> ModelInputs:
+    """The model's inputs for `datamodule` (set up; only read here): the image encoder's preprocessing and the
+    cached outputs of the frozen encoders, the image backbone's when it is frozen and data.cache is on, the
+    sentence encoder's always. Give the result to `datamodule.use_inputs`."""
+    size = datamodule.image_size_for(image.input_size)
+    preprocessing = ImagePreprocessing(size, image.mean, image.std, image.interpolation)
+    features: dict[str, torch.Tensor] = {}
     if datamodule.use_cache and image.freeze:
-        for source in datamodule.sources():
-            datamodule.set_features(source, image_features(datamodule, image, source))
+        features = {s: image_features(datamodule, image, s, preprocessing) for s in datamodule.sources()}
+    sentences: dict[str, torch.Tensor] = {}
     if sentence is not None:
-        for split in datamodule.splits():
-            datamodule.set_sentences(split, sentence_states(datamodule, sentence, split))
+        sentences = {split: sentence_states(datamodule, sentence, split) for split in datamodule.splits()}
+    return ModelInputs(preprocessing, features, sentences)
 
 
 def extraction_spec(encoder: ImageEncoder, preprocessing: ImagePreprocessing, views: int) -> ExtractionSpec:
@@ -54,12 +55,13 @@ def extraction_spec(encoder: ImageEncoder, preprocessing: ImagePreprocessing, vi
     )
 
 
-def image_features(datamodule: CaptionImageDataModule, encoder: ImageEncoder, source: str) -> torch.Tensor:
+def image_features(
+    datamodule: CaptionImageDataModule, encoder: ImageEncoder, source: str, preprocessing: ImagePreprocessing
+) -> torch.Tensor:
     """The frozen backbone's output for every row of one CSV (`source`), [rows, views, ...], in row order.
 
     Cached under the sorted image paths, so the key does not depend on the split or on row order."""
     paths, sources = datamodule.images(source)
-    preprocessing = datamodule.image_preprocessing
     order = sorted(range(len(paths)), key=lambda i: str(paths[i]))
     sorted_paths = [paths[i] for i in order]
     views = datamodule.cache_views

@@ -213,7 +213,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("predict")
     used_captions = replace_captions(cfg, datamodule, metadata, prediction_data)  # captions=generated|fill
-    prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder)
+    datamodule.use_inputs(prepare_inputs(datamodule, model.net.image_encoder, model.net.sentence_encoder))
     loaders = datamodule.view_dataloaders("predict") if tta else datamodule.predict_dataloader()
     probs = probabilities(model, loaders, accelerator=device)
     preds = decide_labels(probs, model.threshold).bool().numpy()

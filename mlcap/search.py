@@ -5,8 +5,8 @@ job cannot report epochs to it (no pruning), its `interval(...)` search-space st
 Optuna releases, and it knows nothing of mlcap's run-folder rules. Here the mlcap sweeper asks the study for
 trials, runs each as an ordinary job folder through the same launcher (joblib: side by side), and tells the
 study each trial's result; the job reports each epoch to the same storage (mlcap.pruning) and stops when the
-pruner says so. The search space is plain YAML mapped onto Optuna's distribution classes (`type: float |
-int | categorical` with low/high/log/step or choices), which have kept their meaning since Optuna 3.
+pruner says so. The space and its checks are mlcap.search_space; trial folders and their files are
+mlcap.search_trials; this module is the ask/tell loop.
 
 Re-running the same command continues the study from its storage: finished and pruned trials are kept, a trial
 left running by an interrupted command is run again under its own number and values (its folder resumes from
@@ -20,180 +20,49 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mlcap.runs import FAILED_FILE, METRICS_FILE, read_json, write_json
+from mlcap.runs import write_json
+from mlcap.search_space import MONITOR, OBJECTIVE, SearchError, SearchSpec, distribution, open_storage
+from mlcap.search_trials import (
+    CALLBACK_KEY,
+    PRUNED_FILE,
+    SEARCH_FILE,
+    TRIAL_FILE,
+    TrialJobs,
+    trial_folder,
+    trial_overrides,
+    trial_result,
+)
+
+__all__ = [
+    "CALLBACK_KEY",
+    "MONITOR",
+    "OBJECTIVE",
+    "PRUNED_FILE",
+    "SEARCH_FILE",
+    "TRIAL_FILE",
+    "OptunaSearch",
+    "SearchError",
+    "SearchSpec",
+    "TrialJobs",
+    "distribution",
+    "launcher_parallel",
+    "open_storage",
+    "split_arguments",
+    "trial_folder",
+    "trial_overrides",
+    "trial_result",
+]
 
 log = logging.getLogger(__name__)
 
-SEARCH_FILE = "search.json"  # in the sweep folder: what was searched, for the report and the re-run check
-TRIAL_FILE = "trial.json"  # in a trial's job folder: where the job reports its epochs (mlcap.pruning)
-PRUNED_FILE = "pruned.json"  # in a trial's job folder: written by the job when the pruner stopped it
-CALLBACK_KEY = "callbacks.optuna_pruning"
-OBJECTIVE = "val_samples_f1"  # metrics.json key optimised; the job reports MONITOR each epoch
-MONITOR = "val/samples_f1"
 _SIGNATURE_ATTR = "mlcap_search"
-_MAX_NAME = 120
-
-
-class SearchError(ValueError):
-    """A search that must not start (bad space, another search's storage); one line for the user."""
-
-
-@dataclass(frozen=True)
-class SearchSpec:
-    """cfg.hparams_search, checked: what is searched, how, and where the study lives."""
-
-    study_name: str
-    n_trials: int
-    direction: str
-    params: dict[str, dict[str, Any]]
-    sampler: dict[str, Any] | None
-    pruner: dict[str, Any] | None
-    storage: str
-    folds: int | None
-
-    @classmethod
-    def from_config(cls, node: DictConfig, sweep_dir: Path) -> SearchSpec:
-        raw: dict[str, Any] = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
-        known = {"study_name", "n_trials", "direction", "params", "sampler", "pruner", "storage", "folds"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise SearchError(
-                f"hparams_search.{unknown[0]} is not a search key; the keys are {', '.join(sorted(known))}"
-            )
-        n_trials = raw.get("n_trials")
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-            raise SearchError(f"hparams_search.n_trials={n_trials!r} is not allowed: use an integer >= 1")
-        direction = raw.get("direction", "maximize")
-        if direction not in ("maximize", "minimize"):
-            raise SearchError(
-                f"hparams_search.direction={direction!r} is not allowed: use maximize or minimize"
-            )
-        folds = raw.get("folds")
-        if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
-            raise SearchError(f"hparams_search.folds={folds!r} is not allowed: use null (one split) or >= 2")
-        params = raw.get("params") or {}
-        if not isinstance(params, dict) or not params:
-            raise SearchError("hparams_search.params is empty: give at least one key to search")
-        for key, spec in params.items():
-            distribution(key, spec)  # checked now, before any trial
-        storage = raw.get("storage") or f"sqlite:///{(sweep_dir / 'optuna.db').absolute()}"
-        return cls(
-            study_name=str(raw.get("study_name") or "search"),
-            n_trials=n_trials,
-            direction=direction,
-            params=params,
-            sampler=_target_node("sampler", raw.get("sampler")),
-            pruner=_target_node("pruner", raw.get("pruner")),
-            storage=storage,
-            folds=folds,
-        )
-
-    def signature(self, base_identity: Mapping[str, Any]) -> dict[str, Any]:
-        """What makes two commands the same search (n_trials, sampler, pruner and storage may change): the
-        space, the objective, and the run identity of the config the trials vary (mlcap.runs; where files go
-        and how fast they are made do not count)."""
-        return {
-            "params": self.params,
-            "direction": self.direction,
-            "objective": OBJECTIVE,
-            "folds": self.folds,
-            "config": {k: v for k, v in base_identity.items() if k not in self.params},
-        }
-
-
-def _target_node(key: str, node: Any) -> dict[str, Any] | None:
-    """A `_target_` mapping, or null / `none` for none (pruner: never prune; sampler: Optuna's default)."""
-    if node is None or (isinstance(node, str) and node.lower() in ("none", "null")):
-        return None
-    if not isinstance(node, dict) or "_target_" not in node:
-        raise SearchError(
-            f"hparams_search.{key}={node!r} is not allowed: give a mapping with a _target_ "
-            f"(e.g. optuna.{key}s.…) or none"
-        )
-    return node
-
-
-def distribution(key: str, spec: Any) -> Any:
-    """One search-space entry as an Optuna distribution (public classes, stable since Optuna 3)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    try:
-        if kind == "float":
-            return FloatDistribution(
-                spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step")
-            )
-        if kind == "int":
-            return IntDistribution(
-                spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1)
-            )
-        if kind == "categorical":
-            return CategoricalDistribution(list(spec["choices"]))
-    except (KeyError, TypeError, ValueError) as err:
-        raise SearchError(f"hparams_search.params.{key}={spec!r} is not allowed: {err}") from None
-    raise SearchError(
-        f"hparams_search.params.{key}={spec!r} is not allowed: give type: float|int (low, high, optional log "
-        "and step) or type: categorical (choices)"
-    )
-
-
-def open_storage(url: str) -> Any:
-    """Optuna's RDB storage; SQLite waits for the other processes' writes (trials report side by side)."""
-    import optuna
-
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-
-
-def trial_folder(number: int, params: Mapping[str, Any], fold: int | None = None) -> str:
-    """`trial-007_lr-0.00123_hidden_dim-64…[_fold-2]`: the trial's number and values, filesystem-safe."""
-    from mlcap.sweep import job_name
-
-    short = {key: key.rsplit(".", 1)[-1] for key in params}
-    if len(set(short.values())) < len(short):
-        short = {key: key for key in params}
-    parts = [f"trial-{number:03d}"] + [f"{short[k]}-{_short_value(v)}" for k, v in params.items()]
-    suffix = f"_fold-{fold}" if fold is not None else ""
-    name = "_".join(parts)
-    if len(name) + len(suffix) > _MAX_NAME:
-        name = f"{name[: _MAX_NAME - len(suffix) - 9]}-{job_name(parts)[-8:]}"
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name + suffix)
-
-
-def _short_value(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def trial_overrides(number: int, params: Mapping[str, Any], folds: int | None, fold: int | None) -> list[str]:
-    """A trial job's own overrides: its values, its fold, and the callback that reports its epochs."""
-    from mlcap.sweep import format_value
-
-    overrides = [f"{key}={format_value(key, value)}" for key, value in params.items()]
-    if folds is not None:
-        overrides += [f"data.folds={folds}", f"data.fold={fold}"]
-    return [
-        *overrides,
-        f"+{CALLBACK_KEY}._target_=mlcap.pruning.OptunaPruning",
-        f"+{CALLBACK_KEY}.trial={number}",
-    ]
-
-
-@dataclass
-class TrialJobs:
-    """One trial and its job folders (one, or one per fold)."""
-
-    number: int
-    params: dict[str, Any]
-    jobs: list[Any]  # mlcap.sweep.SweepJob
 
 
 class OptunaSearch:
@@ -372,22 +241,6 @@ class OptunaSearch:
             "objective": OBJECTIVE,
             "base_overrides": self.base,
         }
-
-
-def trial_result(sweep_dir: Path, folders: Sequence[str]) -> tuple[str, float | None]:
-    """complete (mean objective over its folds), pruned (a fold stopped by the pruner) or failed."""
-    values, pruned = [], False
-    for name in folders:
-        folder = sweep_dir / name
-        if not (folder / METRICS_FILE).is_file() or (folder / FAILED_FILE).is_file():
-            return "failed", None
-        value = read_json(folder / METRICS_FILE).get(OBJECTIVE)
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            return "failed", None
-        values.append(float(value))
-        pruned = pruned or (folder / PRUNED_FILE).is_file()
-    mean = sum(values) / len(values)
-    return ("pruned" if pruned else "complete"), mean
 
 
 def split_arguments(arguments: Sequence[str]) -> list[str]:

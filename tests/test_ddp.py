@@ -62,7 +62,7 @@ def single_process_f1(overrides: list[str], run: Path) -> float:
     """Samples-F1 of the saved best checkpoint on the validation split, evaluated in this one process."""
     datamodule = build_datamodule(compose_config("train", *overrides, output_dir=run))
     model = MultiLabelClassifier.load_from_checkpoint(run / "checkpoints/best.ckpt", load_pretrained=False)
-    prepare_inputs(datamodule, model.net.image_encoder)
+    datamodule.use_inputs(prepare_inputs(datamodule, model.net.image_encoder))
     probs = probabilities(model, datamodule.val_dataloader(), "cpu")
     target = datamodule.labels("val").int()
     return float(samples_f1(decide_labels(probs, model.threshold).int(), target))

@@ -15,7 +15,7 @@ import pytest
 from conftest import compose_config, tmpfs
 from PIL import Image
 
-from mlcap.data import demo
+from mlcap.data import demo, demo_scene
 from mlcap.data.cache_folder import CacheFolderError
 from mlcap.data.demo import DEMO_LABEL_NAMES, ensure_demo, generate_demo
 
@@ -94,7 +94,7 @@ def test_captions_name_only_present_objects(small_demo: Path) -> None:
     df = pd.read_csv(small_demo / "train.csv", dtype=str, keep_default_na=False)
     patterns = {
         lab: re.compile(r"\b(?:" + "|".join(map(re.escape, nouns)) + r")\b", re.IGNORECASE)
-        for lab, nouns in demo._NOUNS.items()
+        for lab, nouns in demo_scene.NOUNS.items()
     }
     n_mentioned = 0
     for row in df.itertuples():

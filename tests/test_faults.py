@@ -157,7 +157,7 @@ def test_extraction_names_the_image_and_csv_line_in_one_line(data: Path) -> None
         label_attention=False, embed_dim=4, num_labels=19,
     )  # fmt: skip
     with pytest.raises(DataFormatError) as exc:
-        prepare_inputs(dm, encoder)
+        dm.use_inputs(prepare_inputs(dm, encoder))
     message = str(exc.value)
     assert "\n" not in message and "Traceback" not in message, message
     assert str(victim["path"]) in message

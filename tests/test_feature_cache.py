@@ -17,12 +17,14 @@ from conftest import REPO, compose_config, tmpfs
 from PIL import Image
 
 from mlcap.data.datamodule import CaptionImageDataModule, build_datamodule
-from mlcap.data.datasets import CaptionRows, image_transform
+from mlcap.data.datasets import CaptionRows, ImagePreprocessing, image_transform
 from mlcap.data.feature_cache import ExtractionSpec, FeatureCache, FeatureCacheError, extract_features
+from mlcap.data.inputs import ModelInputs
 from mlcap.extraction import prepare_inputs
 from mlcap.models.image_encoders import ImageEncoder, SmallCNN
 
 SPEC = ExtractionSpec("small_cnn", "test-weights", (32, 32), (0.5,) * 3, (0.5,) * 3, views=4)
+PRE = ImagePreprocessing((32, 32), (0.5,) * 3, (0.5,) * 3)
 
 
 def _images(folder: Path, count: int = 6) -> list[Path]:
@@ -287,7 +289,7 @@ def test_train_rows_subset_keeps_validation_and_reuses_the_whole_csv_cache(
             name="small_cnn", weights=None, pretrained=False, freeze=True, dropout=0.0, trainable_blocks=0,
             label_attention=False, embed_dim=4, num_labels=19,
         )  # fmt: skip
-        prepare_inputs(dm, encoder)
+        dm.use_inputs(prepare_inputs(dm, encoder))
         return dm
 
     torch.manual_seed(0)
@@ -335,10 +337,45 @@ def test_batches_are_gathered_whole_and_survive_a_distributed_sampler(
     settings = ["data.batch_size=32", "data.num_workers=0", f"data.cache_dir={tmp_path}"]
     dm = build_datamodule(compose_config("train", "data=comp5329", f"data.root={tiny_demo}", *settings).data)
     dm.setup("fit")
-    dm.set_features("train", torch.zeros(240, 1, 8, dtype=torch.float16))
+    dm.use_inputs(ModelInputs(PRE, features={"train": torch.zeros(240, 1, 8, dtype=torch.float16)}))
     loader = dm.train_dataloader()  # 192 training rows
     assert [len(b) for b in loader] == [32] * 6
     shard = _update_dataloader(
         loader, DistributedSampler(loader.dataset, num_replicas=2, rank=0, shuffle=True)
     )
     assert [len(b) for b in shard] == [32] * 3
+
+
+def test_the_data_module_takes_model_inputs_whole_and_refuses_ones_that_do_not_fit(
+    tiny_demo: Path, tmp_path: Path
+) -> None:
+    """The model reaches the data through one checked handoff (ModelInputs): features or sentence states for
+    other rows are refused with one line naming the part and the counts, not served silently (a wrong row
+    count once trained on misaligned features); a later ModelInputs replaces the earlier one whole."""
+    settings = ["data.num_workers=0", f"data.cache_dir={tmp_path}"]
+    dm = build_datamodule(compose_config("train", "data=comp5329", f"data.root={tiny_demo}", *settings).data)
+    features = {"train": torch.zeros(240, 1, 8, dtype=torch.float16)}  # tiny_demo's train.csv: 240 rows
+    with pytest.raises(ValueError, match=r"data module is not set up; call its setup\(\) before use_inputs"):
+        dm.use_inputs(ModelInputs(PRE, features=features))
+    dm.setup("fit")
+    wrong = [
+        ({"features": {"train": torch.zeros(239, 1, 8)}}, "image features for 'train' hold 239 rows, but the "
+         "data module's 'train' has 240 rows; build it with mlcap.extraction.prepare_inputs"),
+        ({"features": {"predict": torch.zeros(40, 1, 8)}}, r"image features for 'predict', which the data "
+         r"module has not read \(it has train\)"),
+        ({"sentences": {"val": torch.zeros(3, 4)}}, "sentence states for 'val' hold 3 captions, but the data "
+         "module's 'val' has 48 captions"),
+    ]  # fmt: skip
+    for parts, message in wrong:
+        with pytest.raises(ValueError, match=message) as error:
+            dm.use_inputs(ModelInputs(PRE, **parts))
+        assert "\n" not in str(error.value)
+    assert dm.inputs is None and not dm.serves_features  # nothing of a refused object was kept
+    with pytest.raises(TypeError, match="expected a ModelInputs, got a dict"):
+        dm.use_inputs(features)  # type: ignore[arg-type]
+
+    dm.use_inputs(ModelInputs(PRE, features=features))
+    assert dm.serves_features and dm.dataset("val", train=False).features.shape == (48, 1, 8)
+    dm.use_inputs(ModelInputs(PRE))  # replaced whole: no features any more, images are decoded again
+    assert not dm.serves_features and dm.image_preprocessing == PRE
+    assert dm.dataset("val", train=False).features is None

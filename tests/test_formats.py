@@ -294,7 +294,7 @@ def _probabilities(cfg: object) -> torch.Tensor:
     model = MultiLabelClassifier.load_from_checkpoint(cfg.ckpt_path, load_pretrained=False)  # type: ignore[attr-defined]
     dm = prediction_data(cfg, data_metadata(model), tta=False)  # type: ignore[arg-type]
     dm.setup("predict")
-    prepare_inputs(dm, model.net.image_encoder, model.net.sentence_encoder)
+    dm.use_inputs(prepare_inputs(dm, model.net.image_encoder, model.net.sentence_encoder))
     return probabilities(model, dm.predict_dataloader(), accelerator="cpu")
 
 

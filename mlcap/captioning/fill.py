@@ -65,7 +65,7 @@ def replace_captions(
     table = datamodule.tables["predict"]
     if list(images.tables["predict"]["image_id"]) != list(table["image_id"]):
         raise RuntimeError("the captioner's rows are not the classifier's; nothing predicted")
-    prepare_inputs(images, captioner.image_encoder)
+    images.use_inputs(prepare_inputs(images, captioner.image_encoder))
     generated = generate(captioner, images, "predict")
     empty = [all(not tokens for tokens in row) for row in table["tokens"]]
     chosen = [True] * len(table) if mode == "generated" else empty

@@ -37,7 +37,7 @@ def build_captioner(cfg: DictConfig, datamodule: CaptionImageDataModule) -> Capt
         model=OmegaConf.to_container(cfg.model, resolve=True),  # type: ignore[arg-type]
         data=datamodule.metadata().to_dict(),
     )
-    prepare_inputs(datamodule, model.image_encoder)
+    datamodule.use_inputs(prepare_inputs(datamodule, model.image_encoder))
     return model
 
 

@@ -28,6 +28,7 @@ from mlcap.data.datasets import (
 )
 from mlcap.data.feature_cache import FeatureCache
 from mlcap.data.folds import fold_indices
+from mlcap.data.inputs import ModelInputs, split_features
 from mlcap.data.metadata import DataMetadata
 from mlcap.data.reader import CaptionReader, Split, check_image_files, check_known_labels
 from mlcap.data.text import Vocabulary, preprocess_caption
@@ -90,10 +91,10 @@ def build_datamodule(
 class CaptionImageDataModule(pl.LightningDataModule):
     """Reads rows through its reader, validates, splits and tokenises them; serves images or cached features.
 
-    It knows nothing of models: `mlcap.extraction.prepare_inputs` gives it the model's image preprocessing and
-    the cached outputs of the model's frozen parts (`set_features`, `set_sentences`), which it then serves
-    in place of decoded images; without them it decodes images for a backbone that trains. An image may have
-    several captions: training draws one per image per epoch; validation and prediction average the
+    It knows nothing of models: `use_inputs` takes the model's image preprocessing and the cached outputs of
+    its frozen parts in one ModelInputs (from `mlcap.extraction.prepare_inputs`), served in place of decoded
+    images; without cached features it decodes images for a backbone that trains. An image may have several
+    captions: training draws one per image per epoch; validation and prediction average the
     probabilities over all of them (`eval_captions: all`) or use the first (`first`).
     """
 
@@ -146,7 +147,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.vocab_min_freq = vocab_min_freq
         self.eval_captions = eval_captions
         self.vocab = vocab
-        self.image_preprocessing: ImagePreprocessing | None = None
+        self.inputs: ModelInputs | None = None  # `use_inputs`; the two dicts below are its tensors per split
         self.tables: dict[str, pd.DataFrame] = {}
         self._features: dict[str, torch.Tensor] = {}
         self._sentences: dict[str, torch.Tensor] = {}
@@ -274,10 +275,6 @@ class CaptionImageDataModule(pl.LightningDataModule):
         """`data.image_size`, or (null) the image encoder's own input size."""
         return self._image_size if self._image_size is not None else encoder_size
 
-    def set_image_preprocessing(self, preprocessing: ImagePreprocessing) -> None:
-        """How images become the image encoder's input (given by mlcap.extraction from the model)."""
-        self.image_preprocessing = preprocessing
-
     def sources(self) -> list[str]:
         """The CSVs read so far: "train" (its train, validation and unused rows) and/or "predict"."""
         return [name for name in ("train", "predict") if name in self.tables]
@@ -299,17 +296,19 @@ class CaptionImageDataModule(pl.LightningDataModule):
         """Every caption of a split's rows, row after row (what a sentence encoder's cache covers)."""
         return [caption for row in self.tables[split]["captions"] for caption in row]
 
-    def set_features(self, source: str, features: torch.Tensor) -> None:
-        """Frozen-backbone outputs [rows, views, ...] of every row of a CSV, in `images(source)` order; from
-        now on the splits of that CSV serve them instead of decoding images."""
-        offset = 0
-        for name, table in self._source_tables(source):
-            self._features[name] = features[offset : offset + len(table)]
-            offset += len(table)
+    def use_inputs(self, inputs: ModelInputs) -> None:
+        """Take what the model decides (after setup), whole, replacing any earlier inputs; refuse inputs that
+        do not fit these rows. The splits of a CSV with features serve them instead of decoding images."""
+        parts = {source: [(n, len(t)) for n, t in self._source_tables(source)] for source in self.sources()}
+        features = split_features(
+            inputs, parts, {split: len(self.captions(split)) for split in self.splits()}
+        )
+        self.inputs, self._features, self._sentences = inputs, features, dict(inputs.sentences)
 
-    def set_sentences(self, split: str, states: torch.Tensor) -> None:
-        """A frozen sentence encoder's output for each caption of a split (`captions(split)` order)."""
-        self._sentences[split] = states
+    @property
+    def image_preprocessing(self) -> ImagePreprocessing | None:
+        """How images become the image encoder's input (the model's, from `use_inputs`)."""
+        return self.inputs.preprocessing if self.inputs is not None else None
 
     @property
     def serves_features(self) -> bool:
@@ -348,7 +347,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
             )
         if self.image_preprocessing is None:
             raise ValueError(
-                "no image preprocessing: run mlcap.extraction.prepare_inputs(datamodule, net) first"
+                "no image preprocessing: give datamodule.use_inputs(mlcap.extraction.prepare_inputs(...)) first"
             )
         pre = self.image_preprocessing
         transform = image_transform(pre.size, pre.mean, pre.std, train=train, interpolation=pre.interpolation)
