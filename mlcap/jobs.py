@@ -12,8 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlcap.errors import debugging, expected_error, one_line
 from mlcap.runs import FAILED_FILE, RunFolderError, launched_rank, lock_folder, sweep_varied_keys, write_json
-from mlcap.task import task_for
-from mlcap.train import train
+from mlcap.train import task_for, train
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
 """The contract between the training recipe (mlcap.train) and a model the model group offers: the classifier
-(mlcap.classifier_task.CLASSIFIER) or the captioner (mlcap.captioning.task.CAPTIONER); `task_for` picks one.
-
-Torch-free: each task's module is imported only when it is picked.
+(mlcap.classifier_task.CLASSIFIER) or the captioner (mlcap.captioning.task.CAPTIONER); the recipe picks one
+(mlcap.train.task_for). Torch-free; each task module imports this one, never the reverse.
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
-
-from mlcap.captioning import is_captioner
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -36,14 +33,3 @@ class Task:
     model_class: type[pl.LightningModule]
     score: str
     title: str  # the score as the log names it
-
-
-def task_for(cfg: DictConfig) -> Task:
-    """The classifier, or the captioner when cfg.model is conf/model/captioner.yaml (mlcap.captioning)."""
-    if is_captioner(cfg.model):
-        from mlcap.captioning.task import CAPTIONER
-
-        return CAPTIONER
-    from mlcap.classifier_task import CLASSIFIER
-
-    return CLASSIFIER

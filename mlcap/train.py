@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from mlcap.callbacks import EpochHistory, monitored_checkpoint
+from mlcap.captioning import is_captioner
 from mlcap.checkpoints import check_resumable, check_same_network, load_best, saved_epoch
 from mlcap.console import quiet_libraries
 from mlcap.data.datamodule import CaptionImageDataModule
@@ -40,7 +41,7 @@ from mlcap.runs import (
     write_json,
 )
 from mlcap.settings import validate
-from mlcap.task import Task, task_for
+from mlcap.task import Task
 from mlcap.tensorboard import log_hparams
 
 log = logging.getLogger(__name__)
@@ -173,3 +174,15 @@ def log_comparison(
         else:  # CSV, MLflow: the same figure as a metric beside the run's hyperparameters
             logger.log_metrics(metric, step=trainer.global_step)
         logger.finalize("success")
+
+
+def task_for(cfg: DictConfig) -> Task:
+    """The classifier, or the captioner when cfg.model is conf/model/captioner.yaml (mlcap.captioning); each
+    task's module is imported only when it is picked."""
+    if is_captioner(cfg.model):
+        from mlcap.captioning.task import CAPTIONER
+
+        return CAPTIONER
+    from mlcap.classifier_task import CLASSIFIER
+
+    return CLASSIFIER

@@ -1,1 +1,0 @@
-"""Models: image and caption encoders, the fusion network and its LightningModule."""
