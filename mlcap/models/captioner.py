@@ -26,6 +26,7 @@ from mlcap.data.metadata import DataMetadata
 from mlcap.data.text import PAD_ID, UNK_ID
 from mlcap.errors import DivergedError
 from mlcap.models.contracts import ImageEncoder
+from mlcap.models.parts import build_optimizer, build_scheduler
 
 # A decoder state: tensors whose first dimension is the batch (reordered together by beam search).
 State = tuple[torch.Tensor, ...]
@@ -297,13 +298,11 @@ class Captioner(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """model.optimizer over the trainable parameters; model.scheduler (one-cycle), if any, every step."""
         trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = hydra.utils.instantiate(self.hparams["model"]["optimizer"])(
-            [{"params": trainable, "lr": self.base_lr}]
+        optimizer = build_optimizer(
+            self.hparams["model"]["optimizer"], [{"params": trainable, "lr": self.base_lr}]
         )
         scheduler = self.hparams["model"]["scheduler"]
         if scheduler is None:
             return optimizer
-        schedule = hydra.utils.instantiate(scheduler)(
-            optimizer, max_lr=[self.base_lr], total_steps=int(self.trainer.estimated_stepping_batches)
-        )
+        schedule = build_scheduler(scheduler, optimizer, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
