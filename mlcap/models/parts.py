@@ -1,6 +1,6 @@
-"""The classifier's training parts built from their config nodes (model.loss, model.optimizer, model.scheduler):
-one builder each, called by the LightningModules (classifier and captioner) and by `check_parts`, the dry run before any data is read, so
-the check builds exactly what training will."""
+"""The training parts built from their config nodes (model.loss, model.optimizer, model.scheduler): one
+builder each, called by the LightningModules (classifier, captioner) and by `check_parts`, the dry run before
+any data is read, so the check builds exactly what training will."""
 
 from __future__ import annotations
 
