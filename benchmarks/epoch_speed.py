@@ -2,7 +2,7 @@
 
     python benchmarks/epoch_speed.py [--rows 24000] [--epochs 4] [--threads 2] [override ...]
 
-Both sides train the same network (`train.build_model` on the composed default config) on the same cached
+Both sides train the same network (`classifier_task.build_model` on the composed default config) on the same cached
 frozen-backbone features, token ids and labels (one demo data set of `--rows` labelled rows at 32 px, so
 extraction is quick; the features have the default encoder's size, which is all an epoch's cost depends on).
 The bare loop is what a person would write by hand: shuffled index batches gathered from the tensors,
