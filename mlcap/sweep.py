@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, QuotedString
 from omegaconf import DictConfig, OmegaConf
 
-from mlcap.runs import CONFIG_FILE, PLAN_FILE, write_json
+from mlcap.runs import CONFIG_FILE, PLAN_FILE, same_value, write_json
 
 __all__ = [
     "PLAN_FILE",
@@ -92,13 +92,6 @@ def format_value(key: str, value: Any) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal as config values: 3e-4 == 0.0003 and 64 == 64.0, but True is not 1."""
-    if a is _MISSING or b is _MISSING or isinstance(a, bool) != isinstance(b, bool):
-        return False
-    return bool(a == b)
-
-
 def one_at_a_time(axes: Mapping[str, Sequence[Any]], base: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The base point ({}) and, per axis, each value that differs from the base: every distinct point once.
 
@@ -111,7 +104,7 @@ def one_at_a_time(axes: Mapping[str, Sequence[Any]], base: Mapping[str, Any]) ->
             raise ValueError(f"sweep axis {key!r} must be a list of values, got {values!r}")
         seen: list[Any] = []
         for value in values:
-            if _same(value, base.get(key, _MISSING)) or any(_same(value, s) for s in seen):
+            if same_value(value, base.get(key, _MISSING)) or any(same_value(value, s) for s in seen):
                 continue
             seen.append(value)
             points.append({key: value})
@@ -135,7 +128,7 @@ def sweep_points(
 
 
 def _points_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
 
 
 def command_line_lists(overrides: Iterable[Override]) -> list[CliList]:
