@@ -70,9 +70,9 @@ def fresh_clone(dest: Path) -> Path:
         ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split("\0")
     for name in filter(None, files):
-        if (REPO / name).is_file():
+        if (REPO / name).is_file() or (REPO / name).is_symlink():  # mlcap/conf: a link, as git checks it out
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
+            shutil.copy2(REPO / name, dest / name, follow_symlinks=False)
     return dest
 
 
