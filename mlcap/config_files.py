@@ -13,5 +13,5 @@ CONF_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group (`model/image_encoder` -> ["clip_vit_b32", ...]), as Hydra lists them."""
+    """The options of a config group (`model/image_encoder` -> ["base", "efficientnet_lite0", ...]), as Hydra lists them."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
