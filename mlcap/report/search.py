@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlcap.runs import METRICS_FILE, read_json, write_atomic
+from mlcap.runs import METRICS_FILE, atomic_path, read_json, write_atomic
 from mlcap.search import OBJECTIVE, PRUNED_FILE, SEARCH_FILE, TRIAL_FILE, open_storage
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,8 @@ def _plots(sweep_dir: Path, study: Any) -> list[str]:
             figure = axes.figure
             figure.set_size_inches(8, 5)
             figure.tight_layout()
-            figure.savefig(path, dpi=100)
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, dpi=100)
             plt.close(figure)
             lines += [f"![{title}]({name})", ""]
         except (ValueError, RuntimeError, ZeroDivisionError) as err:  # too few completed trials for it
