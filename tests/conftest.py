@@ -24,6 +24,16 @@ SAMPLE = Path(os.environ.get("MLCAP_SAMPLE_DIR", REPO.parent / "shared" / "data"
 TINY_DEMO = {"n_train": 240, "n_test": 40, "image_size": 32, "seed": 0}
 
 
+class CodeRunningPickle:
+    """What a malicious pickle holds: unpickled, it runs `touch <marker>`; a safe loader never makes the marker."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 - what a malicious pickle does
+        return (os.system, (f"touch {self.marker}",))
+
+
 def compose_config(
     config_name: str,
     *overrides: str,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, fast_overrides
+from conftest import REPO, CodeRunningPickle, fast_overrides
 from hydra.errors import InstantiationException
 
 from mlcap.console import errors_in_one_line
@@ -231,14 +231,6 @@ def test_a_swept_key_nothing_reads_is_refused_before_any_job(tiny_demo: Path, tm
     assert not sweep_dir.exists()
 
 
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204 - what a malicious pickle does
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_sentence_model_whose_weights_would_run_code_is_one_line(tiny_demo: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
     from test_bring_your_own import tiny_sentence_model
@@ -247,7 +239,7 @@ def test_a_sentence_model_whose_weights_would_run_code_is_one_line(tiny_demo: Pa
     marker = tmp_path / "marker"
     state: dict[str, object] = dict(load_file(folder / "model.safetensors"))
     (folder / "model.safetensors").unlink()
-    state["extra"] = _Payload(marker)
+    state["extra"] = CodeRunningPickle(marker)
     torch.save(state, folder / "pytorch_model.bin")
     args = [
         *fast_overrides(tiny_demo, tmp_path / "cache"),

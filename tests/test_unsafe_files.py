@@ -7,22 +7,13 @@ stops with one `error:` line naming the file.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, fast_overrides
-
-
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204 - what a malicious pickle does
-        return (os.system, (f"touch {self.marker}",))
+from conftest import REPO, CodeRunningPickle, fast_overrides
 
 
 def _evil_checkpoint(path: Path, marker: Path) -> Path:
@@ -34,7 +25,7 @@ def _evil_checkpoint(path: Path, marker: Path) -> Path:
             "optimizer_states": [],
             "state_dict": {"w": torch.zeros(1)},
             "mlcap_layout": 3,
-            "hyper_parameters": {"model": _Payload(marker)},
+            "hyper_parameters": {"model": CodeRunningPickle(marker)},
         },
         path,
     )
@@ -104,7 +95,7 @@ def test_automatic_resume_refuses_a_last_checkpoint_that_would_run_code(
 def test_timm_weight_file_that_would_run_code_is_refused(tiny_demo: Path, tmp_path: Path, name: str) -> None:
     marker = tmp_path / "marker"
     path = tmp_path / "weights.pth"
-    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "extra": _Payload(marker)}, path)
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "extra": CodeRunningPickle(marker)}, path)
     args = [
         *fast_overrides(tiny_demo, tmp_path / "cache"),
         "model/image_encoder=timm",
