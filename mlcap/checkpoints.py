@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mlcap.errors import ExpectedError
+from mlcap.runs import atomic_path
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -204,8 +205,6 @@ def saved_epoch(path: str | Path) -> int:
 
 def set_checkpoint_threshold(path: Path, threshold: float | list[float]) -> None:
     """Store a calibrated threshold in a checkpoint, atomically: a crash never leaves a half-written file."""
-    from mlcap.runs import atomic_path
-
     checkpoint = load_checkpoint(path)
     checkpoint["hyper_parameters"]["threshold"] = threshold
     with atomic_path(path) as tmp:

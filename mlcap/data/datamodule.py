@@ -147,10 +147,9 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.vocab_min_freq = vocab_min_freq
         self.eval_captions = eval_captions
         self.vocab = vocab
-        self.inputs: ModelInputs | None = None  # `use_inputs`; the two dicts below are its tensors per split
+        self.inputs: ModelInputs | None = None  # `use_inputs`; `_features`: its image features cut per split
         self.tables: dict[str, pd.DataFrame] = {}
         self._features: dict[str, torch.Tensor] = {}
-        self._sentences: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------- reading
     def prepare_data(self) -> None:
@@ -303,7 +302,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         features = split_features(
             inputs, parts, {split: len(self.captions(split)) for split in self.splits()}
         )
-        self.inputs, self._features, self._sentences = inputs, features, dict(inputs.sentences)
+        self.inputs, self._features = inputs, features
 
     @property
     def image_preprocessing(self) -> ImagePreprocessing | None:
@@ -328,7 +327,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         assert self.vocab is not None
         tokens, lengths = self.vocab.encode_batch([t for row in table["tokens"] for t in row], self.max_len)
         labels = self.labels(split) if "labels" in table else None
-        sentences = self._sentences.get(split)
+        sentences = self.inputs.sentences.get(split) if self.inputs is not None else None
         counts = torch.tensor([len(row) for row in table["tokens"]], dtype=torch.long)
         captions = None  # one caption a row: the caption is the row
         if int(counts.max()) > 1:
