@@ -315,6 +315,9 @@ def extract_features(
         persistent_workers=False,
         collate_fn=collate_images,
         multiprocessing_context=worker_context(num_workers),
+        # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise, so the
+        # run that computed the features would train differently from the same run reading them (a hit).
+        generator=torch.Generator().manual_seed(0),
     )
     chunks: list[np.ndarray] = []
     failures: list[tuple[int, str]] = []
